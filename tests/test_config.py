@@ -1,0 +1,111 @@
+"""Run profiles, seeds and device selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bnlib
+from bnlib.config import PROFILES, run_profile, seed_everything
+from bnlib.device import available_devices, get_device
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "full"])
+def test_profile_from_environment(monkeypatch, name):
+    monkeypatch.setenv("BNLIB_PROFILE", name)
+    profile = run_profile()
+    assert profile == PROFILES[name]
+    assert "BNLIB_PROFILE" in profile.reason
+
+
+def test_unknown_profile_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("BNLIB_PROFILE", "fast")
+    with pytest.raises(ValueError, match=r"unknown run profile 'fast'.*smoke, quick, full"):
+        run_profile()
+
+
+def test_unset_profile_depends_on_the_accelerator(monkeypatch):
+    monkeypatch.delenv("BNLIB_PROFILE", raising=False)
+    monkeypatch.setattr("bnlib.device.accelerator_available", lambda: False)
+    assert run_profile().name == "quick" and "no GPU" in run_profile().reason
+    monkeypatch.setattr("bnlib.device.accelerator_available", lambda: True)
+    assert run_profile().name == "full" and "GPU" in str(run_profile())
+
+
+def test_profiles_grow_and_full_uses_the_source_settings():
+    smoke, quick, full = PROFILES["smoke"], PROFILES["quick"], PROFILES["full"]
+    assert smoke.train_size < quick.train_size < full.train_size == 60_000
+    assert full.test_size == 10_000 and full.n_seeds >= 3 and full.epochs(25) == 25
+    assert smoke.epochs(10) == 1 and quick.epochs(10) <= 3 and quick.epochs(2) == 2
+    assert smoke.n_seeds >= 2, "even smoke runs every comparison over at least two seeds"
+    with pytest.raises(ValueError, match="positive integer"):
+        full.epochs(0)
+
+
+def test_seed_everything_makes_runs_repeatable():
+    seed_everything(7)
+    first = (np.random.rand(3), torch.rand(3))
+    seed_everything(7)
+    second = (np.random.rand(3), torch.rand(3))
+    assert np.array_equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("bad", [1.5, "3", None, True])
+def test_seed_everything_rejects_non_integers(bad):
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        seed_everything(bad)
+
+
+def test_seed_everything_rejects_out_of_range():
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        seed_everything(-1)
+
+
+def test_get_device_defaults_to_the_best_available(monkeypatch):
+    monkeypatch.delenv("BNLIB_DEVICE", raising=False)
+    assert get_device().type == available_devices()[0]
+    assert available_devices()[-1] == "cpu"
+
+
+def test_get_device_honours_the_environment(monkeypatch):
+    monkeypatch.setenv("BNLIB_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+
+
+def test_unavailable_device_lists_the_available_ones(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"not available here; available: \[.*'cpu'\]"):
+        get_device("cuda")
+    monkeypatch.setenv("BNLIB_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="BNLIB_DEVICE"):
+        get_device()
+
+
+def test_nonsense_device_name():
+    with pytest.raises(ValueError, match="not a device name"):
+        get_device("gpu-please")
+
+
+def test_import_is_fast_and_does_not_import_tensorflow():
+    code = "import sys, time; t = time.perf_counter(); import bnlib; dt = time.perf_counter() - t; print(dt, 'tensorflow' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    seconds, tensorflow_loaded, torch_loaded = float(out[0]), out[1] == "True", out[2] == "True"
+    assert not tensorflow_loaded and not torch_loaded
+    assert seconds < 2.0, f"import bnlib took {seconds:.2f} s"
+
+
+def test_submodules_load_lazily():
+    assert bnlib.preprocessing.min_max_normalize is bnlib.min_max_normalize
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bnlib.nope  # noqa: B018
+
+
+def test_describe_environment_names_device_and_profile(monkeypatch):
+    monkeypatch.setenv("BNLIB_PROFILE", "smoke")
+    text = bnlib.describe_environment()
+    assert "device: cpu" in text or "device: cuda" in text or "device: mps" in text
+    assert "run profile: smoke" in text
