@@ -42,7 +42,7 @@ __all__ = [
 
 _SUBMODULES = {
     "config", "device", "data", "preprocessing", "notebook", "functional", "layers", "models",
-    "history", "training", "experiments", "plotting", "keras", "probes", "inference",
+    "history", "training", "experiments", "plotting", "keras", "probes", "inference", "regression",
 }
 
 
