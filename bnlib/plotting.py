@@ -1,11 +1,31 @@
-"""The book's figures, drawn with seaborn in a colour-blind-safe palette."""
+"""The book's figures, drawn with seaborn in a colour-blind-safe palette.
+
+The plotting functions take the results of several runs either as a list of
+:class:`~bnlib.history.History` objects (PyTorch or Keras) or as the tidy
+DataFrame of :func:`bnlib.experiments.to_frame` (a row per configuration, seed
+and epoch), and draw the mean over seeds with a band showing the spread.
+"""
 
 from __future__ import annotations
 
-__all__ = ["use_book_style", "PALETTE"]
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["use_book_style", "PALETTE", "LABELS", "learning_curves", "final_points"]
 
 #: seaborn's "colorblind" palette (after Okabe and Ito), used by every figure.
 PALETTE = "colorblind"
+
+#: Axis labels (with units) of the History columns; accuracies are drawn in percent.
+LABELS = {
+    "train_loss": "training loss (cross-entropy, nats)",
+    "val_loss": "validation loss (cross-entropy, nats)",
+    "train_accuracy": "training accuracy (%)",
+    "val_accuracy": "validation accuracy (%)",
+    "seconds": "time per epoch (s)",
+}
+
+_BANDS = ("sd", "ci", "range", None)
 
 
 def use_book_style() -> None:
@@ -15,3 +35,172 @@ def use_book_style() -> None:
 
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titleweight": "bold", "figure.autolayout": False})
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric.endswith("accuracy") else 1.0
+
+
+def _band_edges(row: Any, band: str | None) -> tuple[float, float]:
+    if band == "sd":
+        return row["mean"] - row["std"], row["mean"] + row["std"]
+    if band == "ci":
+        return row["low"], row["high"]
+    return row["min"], row["max"]
+
+
+def learning_curves(
+    results: Any,
+    metrics: str | Sequence[str] = ("val_accuracy", "train_loss"),
+    *,
+    by: str = "config",
+    band: str | None = "sd",
+    order: Sequence[str] | None = None,
+    title: str | None = None,
+    axes: Any = None,
+    width: float = 5.5,
+    height: float = 3.8,
+) -> Any:
+    """Mean over seeds per epoch, with a band, for each configuration: one panel per metric.
+
+    Args:
+        results: Histories (each with ``meta["config"]`` and ``meta["seed"]``) or their tidy DataFrame.
+        metrics: History columns to draw, e.g. ``"val_accuracy"`` or ``("val_accuracy", "train_loss")``.
+        by: the column that names a configuration (one line each).
+        band: ``"sd"`` (mean +- one standard deviation over seeds), ``"ci"`` (95%
+            Student-t interval of the mean), ``"range"`` (min to max over seeds) or ``None``.
+        order: configurations in legend order (default: as they first appear).
+        title: the figure's title (default: one naming the band and the seeds).
+        axes: matplotlib axes to draw on, one per metric (default: a new figure).
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> import matplotlib; matplotlib.use("Agg")
+        >>> from bnlib.history import History
+        >>> runs = []
+        >>> for config, seed in [("a", 0), ("a", 1), ("b", 0), ("b", 1)]:
+        ...     h = History(meta={"config": config, "seed": seed})
+        ...     for e in range(3): h.add_epoch(train_loss=1 / (e + 1 + seed), train_accuracy=0.9, val_accuracy=0.9 + e / 100, seconds=1)
+        ...     runs.append(h)
+        >>> fig = learning_curves(runs)
+        >>> [ax.get_ylabel() for ax in fig.axes]
+        ['validation accuracy (%)', 'training loss (cross-entropy, nats)']
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from bnlib.experiments import summarize_epochs, to_frame
+
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ValueError("metrics is empty; name at least one History column, e.g. 'val_accuracy'")
+    if band not in _BANDS:
+        raise ValueError(f"band must be one of {_BANDS}, got {band!r}")
+    frame = to_frame(results)
+    missing = [m for m in [by, *metrics] if m not in frame.columns]
+    if missing:
+        raise ValueError(f"the results have no column(s) {missing}; available: {list(frame.columns)}")
+    configs = list(order) if order is not None else list(dict.fromkeys(frame[by]))
+    unknown = [c for c in configs if c not in set(frame[by])]
+    if unknown:
+        raise ValueError(f"order names configurations {unknown} that are not in the results: {sorted(set(map(str, frame[by])))}")
+    if axes is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), height), squeeze=False)
+        axes = list(axes[0])
+    else:
+        axes = list(axes) if isinstance(axes, (list, tuple)) or hasattr(axes, "__len__") else [axes]
+        if len(axes) != len(metrics):
+            raise ValueError(f"got {len(axes)} axes for {len(metrics)} metrics; pass one axis per metric")
+        fig = axes[0].figure
+    colours = dict(zip(configs, sns.color_palette(PALETTE, len(configs))))
+    n_seeds = int(frame.groupby(by)["seed"].nunique().min()) if "seed" in frame.columns else 1
+    for ax, metric in zip(axes, metrics):
+        summary = summarize_epochs(frame.dropna(subset=[metric]), metric, by=by) if frame[metric].notna().any() else None
+        if summary is None or summary.empty:
+            raise ValueError(f"{metric} has no values (was validation data given?)")
+        scale = _scale(metric)
+        for config in configs:
+            rows = summary[summary[by] == config].sort_values("epoch")
+            ax.plot(rows["epoch"], rows["mean"] * scale, marker="o", markersize=4, color=colours[config], label=str(config))
+            if band is not None and len(rows) and rows["n"].min() > 1:
+                low, high = zip(*(_band_edges(r, band) for _, r in rows.iterrows()))
+                ax.fill_between(rows["epoch"], [v * scale for v in low], [v * scale for v in high], color=colours[config], alpha=0.2, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_title(LABELS.get(metric, metric).split(" (")[0].capitalize())
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(configs) > 1:
+            ax.legend(title=by)
+    band_words = {"sd": "mean +- 1 std", "ci": "mean and 95% interval", "range": "mean and min-max", None: "mean"}[band]
+    fig.suptitle(title or f"{band_words} over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    fig.tight_layout()
+    return fig
+
+
+def final_points(
+    results: Any,
+    metric: str = "val_accuracy",
+    *,
+    by: str = "config",
+    epoch: int | None = None,
+    order: Sequence[str] | None = None,
+    title: str | None = None,
+    ax: Any = None,
+) -> Any:
+    """The final value of ``metric`` per configuration: one dot per seed and the mean with its 95% interval.
+
+    Args:
+        results: Histories or their tidy DataFrame.
+        metric: the History column.
+        by: the column naming a configuration.
+        epoch: which epoch (default: each run's last).
+        order: configurations from top to bottom.
+        title: the axis title.
+        ax: a matplotlib axis (default: a new figure).
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> import matplotlib; matplotlib.use("Agg")
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"config": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "epoch": 1, "val_accuracy": [0.9, 0.91, 0.95, 0.96]})
+        >>> final_points(df).axes[0].get_xlabel()
+        'validation accuracy (%)'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from bnlib.experiments import _final_rows, summarize_final, to_frame
+
+    frame = to_frame(results)
+    for column in (by, "seed", "epoch", metric):
+        if column not in frame.columns:
+            raise ValueError(f"the results have no column {column!r}; available: {list(frame.columns)}")
+    rows = _final_rows(frame, epoch, by).copy()
+    scale = _scale(metric)
+    rows["value"] = rows[metric] * scale
+    configs = list(order) if order is not None else list(dict.fromkeys(rows[by]))
+    summary = summarize_final(rows, metric, by=by).set_index(by)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 0.6 * len(configs) + 1.6))
+    fig = ax.figure
+    colours = sns.color_palette(PALETTE, len(configs))
+    for i, config in enumerate(configs):
+        values = rows.loc[rows[by] == config, "value"]
+        ax.scatter(values, [i] * len(values), color=colours[i], alpha=0.6, s=25, label="one seed" if i == 0 else None)
+        s = summary.loc[config]
+        if s["n"] > 1:
+            ax.errorbar(s["mean"] * scale, i, xerr=[[(s["mean"] - s["low"]) * scale], [(s["high"] - s["mean"]) * scale]], fmt="D", color="black", capsize=4, label="mean, 95% interval" if i == 0 else None)
+        else:
+            ax.plot(s["mean"] * scale, i, "D", color="black", label="mean" if i == 0 else None)
+    ax.set_yticks(range(len(configs)), [str(c) for c in configs])
+    ax.invert_yaxis()
+    ax.set_xlabel(LABELS.get(metric, metric))
+    ax.set_ylabel(by)
+    ax.set_title(title or f"Final {LABELS.get(metric, metric).split(' (')[0]} per configuration")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig

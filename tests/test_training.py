@@ -1,0 +1,175 @@
+"""The shared trainer: agreement with a plain PyTorch loop, determinism, modes, history, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlib.models import MLP
+from bnlib.training import evaluate, fit
+
+
+def blobs(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    return x, y
+
+
+def fresh(seed=0, norm=None):
+    torch.manual_seed(seed)
+    return MLP((4, 16, 3), norm)
+
+
+def run(model, data, **kwargs):
+    options = dict(epochs=2, batch_size=16, device="cpu", progress=False)
+    options.update(kwargs)
+    return fit(model, data, **options)
+
+
+def test_unshuffled_fit_equals_a_plain_pytorch_loop():
+    x, y = blobs(100)  # 100 = 6 batches of 16 + one of 4
+    model, reference = fresh(), fresh()
+    history = run(model, (x, y), shuffle=False, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(2):
+        for start in range(0, 100, 16):
+            loss = F.cross_entropy(reference(x[start : start + 16]), y[start : start + 16])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    np.testing.assert_allclose(history.batch_loss, losses, rtol=1e-6)
+    sizes = np.array([16] * 6 + [4])
+    np.testing.assert_allclose(history.train_loss[1], np.dot(losses[7:], sizes) / 100, rtol=1e-6)
+
+
+def test_same_seed_same_run_other_seed_other_order():
+    data = blobs()
+    a = run(fresh(), data, seed=5)
+    b = run(fresh(), data, seed=5)
+    c = run(fresh(), data, seed=6)
+    assert a.batch_loss == b.batch_loss and a.train_accuracy == b.train_accuracy
+    assert a.batch_loss != c.batch_loss
+
+
+def test_train_metrics_come_from_the_training_pass():
+    # With a learning rate of 0 the model never changes, so the training pass's
+    # averages must equal an evaluation of the same data.
+    data = blobs(50)
+    model = fresh()
+    history = run(model, data, epochs=1, batch_size=7, optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
+    loss, accuracy = evaluate(model, data, device="cpu")
+    assert history.train_loss[0] == pytest.approx(loss, rel=1e-6)
+    assert history.train_accuracy[0] == pytest.approx(accuracy)
+
+
+class ModeRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled(), len(x)))
+        return self.linear(x)
+
+
+def test_training_in_train_mode_validation_in_eval_mode_without_grad():
+    model = ModeRecorder()
+    model.eval()
+    x, y = blobs(40)
+    history = run(model, (x, y), val=(x[:10], y[:10]), epochs=1, batch_size=20)
+    assert model.calls == [(True, True, 20), (True, True, 20), (False, False, 10)]
+    assert not model.training  # restored
+    assert not math.isnan(history.val_loss[0])
+
+
+def test_batch_norm_statistics_move_in_training_only():
+    model = fresh(norm=nn.BatchNorm1d)
+    bn = model.layers[1]
+    data = blobs()
+    run(model, data, epochs=1)
+    after_fit = bn.running_mean.clone()
+    assert not torch.all(after_fit == 0) and int(bn.num_batches_tracked) == 6
+    evaluate(model, data, device="cpu", batch_size=5)
+    torch.testing.assert_close(bn.running_mean, after_fit)
+
+
+def test_evaluate_matches_cross_entropy_and_ignores_batch_size():
+    model = fresh(norm=nn.BatchNorm1d)
+    run(model, blobs(), epochs=1)
+    x, y = blobs(37, seed=1)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    expected = (F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item())
+    for batch_size in (5, 37, 1000):
+        loss, accuracy = evaluate(model, (x, y), batch_size=batch_size, device="cpu")
+        assert loss == pytest.approx(expected[0], rel=1e-5) and accuracy == pytest.approx(expected[1])
+
+
+def test_history_contents_and_frame():
+    history = run(fresh(), blobs(100), val=blobs(30, seed=2), epochs=3, batch_size=32, meta={"config": "plain"})
+    assert history.epochs == 3 and len(history.batch_loss) == 3 * 4
+    assert all(s > 0 for s in history.seconds)
+    assert all(0 <= a <= 1 for a in history.train_accuracy + history.val_accuracy)
+    frame = history.to_frame()
+    assert list(frame["epoch"]) == [1, 2, 3] and set(frame["config"]) == {"plain"}
+    assert history.meta["framework"] == "pytorch"
+    dropped = run(fresh(), blobs(100), epochs=1, batch_size=32, drop_last=True)
+    assert len(dropped.batch_loss) == 3
+    no_val = run(fresh(), blobs(), epochs=1)
+    assert math.isnan(no_val.val_loss[0]) and math.isnan(no_val.val_accuracy[0])
+
+
+def test_numpy_inputs_and_a_custom_loss():
+    x, y = blobs()
+    history = run(fresh(), (x.double().numpy(), y.numpy()), epochs=1)  # float64 arrays are cast to the model's dtype
+    assert history.epochs == 1
+    target = torch.randn(len(x), 3)
+    regression = run(fresh(), (x, target), loss_fn=nn.MSELoss(), epochs=1)
+    assert math.isnan(regression.train_accuracy[0]) and regression.train_loss[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+        (dict(batch_size=2.5), TypeError, "batch_size must be a positive integer"),
+        (dict(batch_size=True), TypeError, "batch_size"),
+        (dict(epochs=0), ValueError, "epochs must be a positive integer"),
+        (dict(train=(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))), ValueError, "empty"),
+        (dict(train=(torch.zeros(5, 4), torch.zeros(4, dtype=torch.long))), ValueError, "x has 5 examples but y has 4"),
+        (dict(train=torch.zeros(5, 4)), TypeError, r"pair \(x, y\)"),
+        (dict(train=([0.0] * 5, [0] * 5)), TypeError, "x must be a torch.Tensor"),
+        (dict(val=(torch.zeros(3, 4),)), TypeError, "val must be a pair"),
+        (dict(model="mlp"), TypeError, "model must be a torch.nn.Module"),
+        (dict(optimizer="adam"), TypeError, "optimizer must be"),
+        (dict(optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)), ValueError, "none of the model's parameters"),
+        (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
+        (dict(batch_size=200, drop_last=True), ValueError, "leaves no batch"),
+        (dict(device="nonsense"), ValueError, "not a device name"),
+    ],
+)
+def test_bad_arguments(kwargs, error, words):
+    options = dict(model=fresh(), train=blobs(), epochs=1, batch_size=16, device="cpu", progress=False)
+    options.update(kwargs)
+    model, train = options.pop("model"), options.pop("train")
+    with pytest.raises(error, match=words):
+        fit(model, train, **options)
+
+
+def test_evaluate_bad_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(fresh(), blobs(), batch_size=0, device="cpu")
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(fresh(), (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), device="cpu")
