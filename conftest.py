@@ -1,12 +1,11 @@
 """Test-session set-up shared by tests/, the bnlib doctests and nbval's collection.
 
-torch's compiler stack (torch._dynamo, which loads Triton) segfaults when it is
-first loaded after TensorFlow in the same process, and torch loads it lazily on
-the first optimizer step. The tests import both frameworks in one process, so
-load it first. bnlib.keras does the same for readers (bnlib/keras/_backend.py).
+Triton (which torch loads lazily, through torch._dynamo, on the first
+optimizer step) segfaults when it is first loaded after TensorFlow in the same
+process. The tests import both frameworks in one process, so load it first;
+bnlib.keras does the same for readers (bnlib/keras/_backend.py).
 """
 
-import importlib.util
+from bnlib.keras._backend import _load_triton_before_tensorflow
 
-if importlib.util.find_spec("torch") is not None:
-    import torch._dynamo  # noqa: F401
+_load_triton_before_tensorflow()

@@ -1,1 +1,93 @@
-"""Keras (TensorFlow) side of bnlib: placeholder, filled by the Keras issue."""
+"""Batch norm in Keras: the source tutorials' models, a trainer, and the PyTorch <-> Keras conventions.
+
+This is the only part of bnlib that imports TensorFlow, and only when a
+function that needs it runs: ``import bnlib.keras`` works without TensorFlow
+(the hyperparameter converters need neither framework), and the first builder
+or ``fit`` call raises an ``ImportError`` saying ``pip install "bnlib[keras]"``
+when TensorFlow is missing.
+
+* Builders of sources A, B and C (C fixed), with batch norm on or off and
+  placed after or before the ReLU: :func:`model_a`, :func:`model_b`,
+  :func:`model_c_dense`, :func:`model_c_conv`.
+* :func:`fit` trains one and returns bnlib's shared
+  :class:`~bnlib.history.History`, the type the PyTorch trainer returns;
+  :func:`evaluate` scores it.
+* Converters between the frameworks' BN hyperparameters:
+  :func:`keras_momentum_from_torch`, :func:`biased_variance`, ...
+
+Example:
+    >>> import bnlib.keras
+    >>> bnlib.keras.keras_batchnorm_kwargs(momentum=0.1, eps=1e-5)
+    {'momentum': 0.9, 'epsilon': 1e-05, 'center': True, 'scale': True}
+"""
+
+from __future__ import annotations
+
+from bnlib.keras._backend import INSTALL_HINT, require_keras, tensorflow_device
+from bnlib.keras._hyperparameters import (
+    KERAS_EPSILON,
+    KERAS_MOMENTUM,
+    TORCH_EPSILON,
+    TORCH_MOMENTUM,
+    biased_variance,
+    keras_batchnorm_kwargs,
+    keras_momentum_from_torch,
+    torch_batchnorm_kwargs,
+    torch_momentum_from_keras,
+    unbiased_variance,
+)
+from bnlib.keras._models import (
+    MODEL_BUILDERS,
+    MODEL_C_CONV_AS_WRITTEN,
+    PLACEMENTS,
+    layer_table,
+    model_a,
+    model_b,
+    model_c_conv,
+    model_c_dense,
+    parameter_counts,
+)
+from bnlib.keras._training import EAGER_BELOW_STEPS, batch_losses_from_running_means, evaluate, fit
+
+__all__ = [
+    "INSTALL_HINT",
+    "require_keras",
+    "tensorflow_device",
+    "KERAS_EPSILON",
+    "KERAS_MOMENTUM",
+    "TORCH_EPSILON",
+    "TORCH_MOMENTUM",
+    "biased_variance",
+    "unbiased_variance",
+    "keras_momentum_from_torch",
+    "torch_momentum_from_keras",
+    "keras_batchnorm_kwargs",
+    "torch_batchnorm_kwargs",
+    "MODEL_BUILDERS",
+    "MODEL_C_CONV_AS_WRITTEN",
+    "PLACEMENTS",
+    "model_a",
+    "model_b",
+    "model_c_dense",
+    "model_c_conv",
+    "parameter_counts",
+    "layer_table",
+    "fit",
+    "evaluate",
+    "batch_losses_from_running_means",
+    "EAGER_BELOW_STEPS",
+    # bnlib.keras.porting, loaded on first use (it imports torch)
+    "keras_lenet5",
+    "torch_to_keras_lenet5",
+    "keras_to_torch_lenet5",
+]
+
+_PORTING = {"keras_lenet5", "torch_to_keras_lenet5", "keras_to_torch_lenet5"}
+
+
+def __getattr__(name: str):
+    if name in _PORTING:
+        from bnlib.keras import porting
+
+        return getattr(porting, name)
+    raise AttributeError(f"module 'bnlib.keras' has no attribute {name!r}")

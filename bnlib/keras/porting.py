@@ -37,7 +37,6 @@ they raise an ImportError that says ``pip install "bnlib[keras]"``.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -58,22 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _require_keras() -> tuple[Any, Any]:
-    """``require_keras()``, importing Triton first when torch ships it.
-
-    Checked here (torch 2.14, TensorFlow 2.21): once TensorFlow is loaded, the
-    first later import of Triton (torch imports it lazily, e.g. when an
-    optimizer is created) crashes the process with a segmentation fault.
-    Importing Triton before TensorFlow avoids it (0.2 s).
-    """
-    if "tensorflow" not in sys.modules and "triton" not in sys.modules:
-        try:
-            import triton  # noqa: F401
-        except Exception as error:  # not installed (CPU-only torch) or unusable: nothing to protect
-            logger.debug("Triton not imported before TensorFlow: %s", error)
-    return require_keras()
 
 
 _TORCH_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
@@ -219,7 +202,7 @@ def keras_lenet5(
         raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
     if norm_position not in ("after", "before"):
         raise ValueError(f"norm_position must be 'after' or 'before' the activation, got {norm_position!r}")
-    _, keras = _require_keras()
+    _, keras = require_keras()
     if seed is not None:
         from bnlib.config import seed_everything
 
@@ -310,7 +293,7 @@ def _torch_layout(model: nn.Module) -> tuple[list[str], list[nn.Module]]:  # noq
 
 def _keras_layout(model: Any) -> tuple[list[str], list[Any]]:  # noqa: PLR0912 (one branch per layer type)
     """The same kinds for a Keras model (fused activations count as a separate ``act:`` entry)."""
-    _, keras = _require_keras()
+    _, keras = require_keras()
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
     L = keras.layers

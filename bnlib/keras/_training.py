@@ -1,0 +1,244 @@
+"""Training a Keras model and recording it in bnlib's shared :class:`~bnlib.history.History`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bnlib.history import History
+from bnlib.keras._backend import require_keras, tensorflow_device
+
+__all__ = ["fit", "evaluate", "batch_losses_from_running_means", "EAGER_BELOW_STEPS"]
+
+#: Trainings with fewer optimizer steps than this run eagerly by default (see :func:`fit`).
+EAGER_BELOW_STEPS = 32
+
+
+def batch_losses_from_running_means(running_means: Any, batch_sizes: Any) -> np.ndarray:
+    """Per-batch losses from the running means Keras 3 reports after each batch.
+
+    In Keras 3, ``logs["loss"]`` in ``on_train_batch_end`` is the mean loss of
+    the epoch so far, weighted by batch size: ``M_k = sum_{i<=k} n_i l_i / sum_{i<=k} n_i``.
+    So ``l_k = (M_k S_k - M_{k-1} S_{k-1}) / n_k`` with ``S_k = sum_{i<=k} n_i``.
+
+    Args:
+        running_means: ``M_1, ..., M_K`` of one epoch.
+        batch_sizes: ``n_1, ..., n_K`` (the last batch may be smaller).
+
+    Example:
+        >>> batch_losses_from_running_means([2.0, 1.5, 1.2], [4, 4, 2])
+        array([2., 1., 0.])
+    """
+    means = np.asarray(running_means, dtype=np.float64)
+    sizes = np.asarray(batch_sizes, dtype=np.float64)
+    if means.ndim != 1 or means.shape != sizes.shape:
+        raise ValueError(
+            f"running_means and batch_sizes must be 1-D and of equal length, got shapes {means.shape} and {sizes.shape}"
+        )
+    if np.any(sizes <= 0):
+        raise ValueError(f"batch sizes must be positive, got {sizes.tolist()}")
+    totals = means * np.cumsum(sizes)
+    return np.diff(totals, prepend=0.0) / sizes
+
+
+def _check_data(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{name} must be a pair (images, labels), got {type(data).__name__}; e.g. mnist.keras('train')")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if y.ndim == 2 and len(x) == len(y):
+        raise TypeError(
+            f"{name} labels must be integer class indices (N,), got one-hot-like labels of shape {y.shape}; "
+            "use labels.argmax(axis=1)"
+        )
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            f"{name} must hold images (N, ...) and integer labels (N,), got shapes {x.shape} and {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{name} labels must be integers (sparse labels, not one-hot), got dtype {y.dtype}")
+    return x.astype(np.float32, copy=False), y
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fit(
+    model: Any,
+    train: tuple[Any, Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    val: tuple[Any, Any] | None = None,
+    validation_split: float | None = None,
+    learning_rate: float = 1e-3,
+    shuffle: bool = True,
+    progress: bool = True,
+    run_eagerly: bool | None = None,
+    meta: dict[str, Any] | None = None,
+) -> History:
+    """Train a Keras classifier as sources A and B do and return a :class:`~bnlib.history.History`.
+
+    The model is compiled here, every call afresh: Adam with ``learning_rate``
+    (Keras's default 1e-3, as in the sources), sparse categorical
+    cross-entropy on integer labels, accuracy. Seeds go through
+    :func:`bnlib.seed_everything` after TensorFlow is imported, so the weights
+    (when ``model`` is a builder), the shuffling and Keras's own random state
+    are reproducible.
+
+    ``History`` conventions (shared with the PyTorch trainer): ``batch_loss``
+    holds every step's loss on its batch, in training mode, before that step's
+    update (recovered exactly from Keras's running epoch means, see
+    :func:`batch_losses_from_running_means`); ``train_loss`` and
+    ``train_accuracy`` are the epoch's batch-size-weighted means as trained;
+    ``val_*`` are computed in inference mode at the end of each epoch.
+
+    Args:
+        model: a Keras model, or a function with no arguments that builds one
+            (called after seeding, e.g. ``functools.partial(model_a, batch_norm=False)``).
+        train: ``(images, labels)``, e.g. ``mnist.keras("train")``; images NHWC floats, labels integers.
+        epochs, batch_size: as the caller's source (or run profile) says.
+        seed: random seed.
+        val: ``(images, labels)`` evaluated after every epoch.
+        validation_split: alternatively, the fraction of ``train`` held out for
+            validation, taken from its end before shuffling, as Keras does.
+        learning_rate: Adam's step size.
+        shuffle: reshuffle the training data every epoch.
+        progress: show a tqdm progress bar over the epochs.
+        run_eagerly: run the training step eagerly instead of as a TensorFlow
+            graph. ``None`` chooses: eagerly for runs of fewer than
+            :data:`EAGER_BELOW_STEPS` optimizer steps, where tracing the graph
+            (about 2 s of CPU per model) costs more than it saves. The numbers
+            are the same either way; only the time differs.
+        meta: extra labels stored in ``History.meta``.
+
+    Returns:
+        The run's History; ``meta`` has ``framework``, ``model``, ``seed``,
+        ``batch_size``, the TensorFlow ``device`` and ``run_eagerly``.
+
+    Example:
+        >>> import bnlib, bnlib.keras
+        >>> data = bnlib.load_mnist().subset(32, 8).keras("train")
+        >>> h = bnlib.keras.fit(bnlib.keras.model_c_conv, data, epochs=1, batch_size=16, seed=0, progress=False)
+        >>> h.epochs, len(h.batch_loss), h.meta["framework"]
+        (1, 2, 'keras')
+    """
+    _, keras = require_keras()
+    from bnlib.config import seed_everything
+
+    x, y = _check_data("train", train)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate >= 0:
+        raise ValueError(f"learning_rate must be a number >= 0, got {learning_rate!r}; the sources use Adam's default 1e-3")
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    if val is not None and validation_split is not None:
+        raise ValueError("pass either val=(images, labels) or validation_split=fraction, not both")
+    if validation_split is not None:
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be a fraction strictly between 0 and 1, got {validation_split!r}")
+        split_at = int(math.ceil(len(x) * (1.0 - float(validation_split))))  # Keras's own rule
+        if split_at == len(x):
+            raise ValueError(f"validation_split={validation_split} of {len(x)} images leaves no validation image")
+        val = (x[split_at:], y[split_at:])
+        x, y = x[:split_at], y[:split_at]
+    if val is not None:
+        val = _check_data("val", val)
+    seed_everything(seed)
+    if not isinstance(model, keras.Model):
+        if not callable(model):
+            raise TypeError(f"model must be a keras.Model or a function that builds one, got {type(model).__name__}")
+        built = model()
+        if not isinstance(built, keras.Model):
+            raise TypeError(f"the model builder returned {type(built).__name__}, expected a keras.Model")
+        model = built
+    steps = epochs * math.ceil(len(x) / batch_size)
+    if run_eagerly is None:
+        run_eagerly = steps < EAGER_BELOW_STEPS
+    model.compile(
+        run_eagerly=bool(run_eagerly),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    history = History()
+    history.meta.update(
+        {"framework": "keras", "model": model.name, "seed": int(seed), "batch_size": batch_size, "device": tensorflow_device(),
+         "run_eagerly": bool(run_eagerly)}
+    )
+    history.meta.update(meta or {})
+    recorder = _recorder(keras, history, n_train=len(x), batch_size=batch_size, epochs=epochs, progress=progress)
+    try:
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=val, shuffle=shuffle, verbose=0, callbacks=[recorder])
+    finally:
+        recorder.close()
+    return history
+
+
+def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
+    """A Keras callback that fills a History (defined here because keras is imported only inside fit)."""
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self, history: History, *, n_train: int, batch_size: int, epochs: int, progress: bool) -> None:
+            super().__init__()
+            self.history_ = history
+            steps = math.ceil(n_train / batch_size)
+            self.sizes = [min(batch_size, n_train - k * batch_size) for k in range(steps)]
+            self.running: list[float] = []
+            self.bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=epochs, desc="epochs", leave=False)
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.running = []
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.running.append(float(logs["loss"]))
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            sizes = self.sizes[: len(self.running)]
+            self.history_.batch_loss.extend(batch_losses_from_running_means(self.running, sizes).tolist())
+            self.history_.add_epoch(
+                train_loss=logs["loss"],
+                train_accuracy=logs["accuracy"],
+                val_loss=logs.get("val_loss", float("nan")),
+                val_accuracy=logs.get("val_accuracy", float("nan")),
+                seconds=time.perf_counter() - self.start,
+            )
+            if self.bar is not None:
+                self.bar.update(1)
+                shown = {"loss": logs["loss"], "val_accuracy": logs.get("val_accuracy")}
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return Recorder(*args, **kwargs)
+
+
+def evaluate(model: Any, data: tuple[Any, Any], *, batch_size: int = 1000) -> dict[str, float]:
+    """Loss and accuracy of a trained classifier on ``data = (images, labels)``, in inference mode.
+
+    The loss is the mean sparse categorical cross-entropy with the
+    probabilities clipped to [1e-7, 1], as Keras computes it.
+    """
+    require_keras()
+    x, y = _check_data("data", data)
+    batch_size = _positive_int("batch_size", batch_size)
+    probabilities = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if probabilities.shape != (len(y), probabilities.shape[-1]) or probabilities.ndim != 2:
+        raise ValueError(f"expected the model to output (N, classes) probabilities, got shape {probabilities.shape}")
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    return {"loss": float(-np.log(picked).mean()), "accuracy": float((probabilities.argmax(axis=1) == y).mean())}
