@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import bnlib
+from bnlib.keras import require_keras
 from bnlib.keras.porting import (
-    _require_keras,
     conv_kernel_to_keras,
     dense_kernel_to_keras,
     dense_kernel_to_torch,
@@ -23,7 +23,7 @@ from bnlib.models import MLP, LeNet5
 from bnlib.training import fit
 
 try:
-    tf, keras = _require_keras()  # imports Triton before TensorFlow: the reverse order crashes torch later
+    tf, keras = require_keras()  # imports Triton before TensorFlow: the reverse order crashes torch later
 except ImportError:
     pytest.skip("TensorFlow is not installed", allow_module_level=True)
 
