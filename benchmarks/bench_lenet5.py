@@ -84,7 +84,12 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=60_000, help="training images (default: all 60,000)")
     parser.add_argument("--test-size", type=int, default=10_000, help="test images (default: all 10,000)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: bnlib.get_device())")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -93,7 +98,9 @@ def main() -> None:
     mnist = bnlib.load_mnist().subset(args.train_size, args.test_size)
     print(bnlib.describe_environment())
     load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
-    print(f"{load}; torch threads: {torch.get_num_threads()}; {args.train_size:,} training and {args.test_size:,} test images; batch 64; one epoch each\n")
+    print(
+        f"{load}; torch threads: {torch.get_num_threads()}; {args.train_size:,} training and {args.test_size:,} test images; batch 64; one epoch each\n"
+    )
 
     start = time.perf_counter()
     train = mnist.torch("train", size=32, device=device)
@@ -113,7 +120,9 @@ def main() -> None:
         source = source_epoch(model(norm), train_loader, test_loader, device)
         ours = fit_epoch(model(norm), train, test, device)
         rows.append((name, source, ours))
-        print(f"LeNet-5 {name:<22s} source loop {source:7.2f} s   fit {ours:7.2f} s   ratio {source / ours:5.1f}x   (with fit's data preparation: {source / (ours + prep):4.1f}x)")
+        print(
+            f"LeNet-5 {name:<22s} source loop {source:7.2f} s   fit {ours:7.2f} s   ratio {source / ours:5.1f}x   (with fit's data preparation: {source / (ours + prep):4.1f}x)"
+        )
 
     try:
         ours_bn = fit_epoch(model("batch"), train, test, device)
@@ -121,9 +130,13 @@ def main() -> None:
         print(f"\nour BatchNorm: skipped ({error})")
     else:
         torch_bn = rows[1][2]
-        print(f"\nfit with LeNet5('batch') (bnlib's BatchNorm) {ours_bn:7.2f} s vs nn.BatchNorm2d {torch_bn:7.2f} s: ratio nn/ours {torch_bn / ours_bn:4.2f}x")
+        print(
+            f"\nfit with LeNet5('batch') (bnlib's BatchNorm) {ours_bn:7.2f} s vs nn.BatchNorm2d {torch_bn:7.2f} s: ratio nn/ours {torch_bn / ours_bn:4.2f}x"
+        )
     if hasattr(os, "getloadavg"):
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy; compare ratios)")
+        print(
+            f"load average at the end: {os.getloadavg()[0]:.1f} (timings on a busy machine are noisy; compare ratios)"
+        )
     plain = rows[0][2]
     print(f"cost of nn.BatchNorm2d inside fit: {rows[1][2] / plain:4.2f}x the epoch without BN")
 

@@ -41,8 +41,22 @@ __all__ = [
 ]
 
 _SUBMODULES = {
-    "config", "device", "data", "preprocessing", "notebook", "functional", "layers", "models",
-    "history", "training", "experiments", "plotting", "keras", "probes", "inference", "regression",
+    "config",
+    "device",
+    "data",
+    "preprocessing",
+    "notebook",
+    "functional",
+    "layers",
+    "models",
+    "history",
+    "training",
+    "experiments",
+    "plotting",
+    "keras",
+    "probes",
+    "inference",
+    "regression",
 }
 
 

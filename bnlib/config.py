@@ -63,6 +63,7 @@ class RunProfile:
 
     @property
     def n_seeds(self) -> int:
+        """How many seeds every comparison is repeated over."""
         return len(self.seeds)
 
     def __str__(self) -> str:
@@ -136,7 +137,7 @@ def seed_everything(seed: int) -> int:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     seed = int(seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (readers' code uses the legacy global RNG: seed it too)
     import torch
 
     torch.manual_seed(seed)  # seeds every CUDA device too

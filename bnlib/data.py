@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -71,10 +71,15 @@ class MNIST:
 
     def subset(self, train_size: int | None = None, test_size: int | None = None) -> MNIST:
         """The first ``train_size`` training and ``test_size`` test examples."""
-        for name, size, limit in (("train_size", train_size, len(self.x_train)), ("test_size", test_size, len(self.x_test))):
+        for name, size, limit in (
+            ("train_size", train_size, len(self.x_train)),
+            ("test_size", test_size, len(self.x_test)),
+        ):
             if size is not None and (not isinstance(size, int) or not 1 <= size <= limit):
                 raise ValueError(f"{name} must be an integer in [1, {limit}], got {size!r}")
-        return MNIST(self.x_train[:train_size], self.y_train[:train_size], self.x_test[:test_size], self.y_test[:test_size])
+        return MNIST(
+            self.x_train[:train_size], self.y_train[:train_size], self.x_test[:test_size], self.y_test[:test_size]
+        )
 
     @cached_property
     def mean(self) -> float:
@@ -156,7 +161,9 @@ def _checksum_errors(arrays: dict[str, np.ndarray]) -> list[str]:
         if array is None:
             errors.append(f"{name} missing")
         elif array.shape != _SHAPES[name] or array.dtype != _DTYPES[name]:
-            errors.append(f"{name} has shape {array.shape} dtype {array.dtype}, expected {_SHAPES[name]} {np.dtype(_DTYPES[name])}")
+            errors.append(
+                f"{name} has shape {array.shape} dtype {array.dtype}, expected {_SHAPES[name]} {np.dtype(_DTYPES[name])}"
+            )
         elif hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() != expected:
             errors.append(f"{name} checksum mismatch")
     return errors
@@ -165,7 +172,7 @@ def _checksum_errors(arrays: dict[str, np.ndarray]) -> list[str]:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: a pickle can run arbitrary code."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -239,7 +246,12 @@ def _from_keras() -> dict[str, np.ndarray]:
     from keras.datasets import mnist
 
     (x_train, y_train), (x_test, y_test) = mnist.load_data()
-    return {"x_train": x_train, "y_train": y_train.astype(np.int64), "x_test": x_test, "y_test": y_test.astype(np.int64)}
+    return {
+        "x_train": x_train,
+        "y_train": y_train.astype(np.int64),
+        "x_test": x_test,
+        "y_test": y_test.astype(np.int64),
+    }
 
 
 _SOURCES: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = [
@@ -255,7 +267,7 @@ def _save_atomically(arrays: dict[str, np.ndarray], path: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
+        Path(tmp).replace(path)  # atomic: a reader sees the old file or the new one, never half
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

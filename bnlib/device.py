@@ -63,7 +63,5 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
             f"available: {available}. Unset {origin} to choose automatically."
         )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"{origin} asks for {str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
+        raise ValueError(f"{origin} asks for {str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device

@@ -93,11 +93,15 @@ class Verdict:
 
 def _check_seeds(seeds: Any) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        raise TypeError(f"seeds must be a sequence of integers such as profile.seeds, got the single integer {seeds}; write seeds=({seeds},)")
+        raise TypeError(
+            f"seeds must be a sequence of integers such as profile.seeds, got the single integer {seeds}; write seeds=({seeds},)"
+        )
     try:
         seeds = list(seeds)
     except TypeError as error:
-        raise TypeError(f"seeds must be a sequence of integers such as profile.seeds, got {type(seeds).__name__}") from error
+        raise TypeError(
+            f"seeds must be a sequence of integers such as profile.seeds, got {type(seeds).__name__}"
+        ) from error
     if not seeds:
         raise ValueError("seeds is empty; pass at least one seed, e.g. seeds=profile.seeds")
     if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
@@ -232,7 +236,9 @@ def _frame_with(frame: Any, columns: Sequence[str]) -> Any:
     return frame
 
 
-def summarize_epochs(results: Any, metric: str = "val_accuracy", *, by: str = "config", confidence: float = 0.95) -> Any:
+def summarize_epochs(
+    results: Any, metric: str = "val_accuracy", *, by: str = "config", confidence: float = 0.95
+) -> Any:
     """Per configuration and epoch: ``n``, ``mean``, ``std``, ``low``, ``high``, ``min``, ``max`` of ``metric`` over seeds.
 
     Example:
@@ -248,7 +254,19 @@ def summarize_epochs(results: Any, metric: str = "val_accuracy", *, by: str = "c
     for (key, epoch), group in frame.groupby([by, "epoch"], sort=False):
         iv = mean_interval(group[metric], confidence=confidence)
         values = group[metric].to_numpy(dtype=float)
-        rows.append({by: key, "epoch": int(epoch), "n": iv.n, "mean": iv.mean, "std": iv.std, "low": iv.low, "high": iv.high, "min": values.min(), "max": values.max()})
+        rows.append(
+            {
+                by: key,
+                "epoch": int(epoch),
+                "n": iv.n,
+                "mean": iv.mean,
+                "std": iv.std,
+                "low": iv.low,
+                "high": iv.high,
+                "min": values.min(),
+                "max": values.max(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -261,7 +279,14 @@ def _final_rows(frame: Any, epoch: int | None, by: str) -> Any:
     return chosen
 
 
-def summarize_final(results: Any, metric: str = "val_accuracy", *, by: str = "config", epoch: int | None = None, confidence: float = 0.95) -> Any:
+def summarize_final(
+    results: Any,
+    metric: str = "val_accuracy",
+    *,
+    by: str = "config",
+    epoch: int | None = None,
+    confidence: float = 0.95,
+) -> Any:
     """Per configuration: the metric at ``epoch`` (default: each run's last), as ``n``, ``mean``, ``std``, ``low``, ``high``.
 
     Example:
@@ -314,7 +339,9 @@ def paired_difference(
         series[name] = chosen.set_index("seed")[metric]
     a, b = series[baseline], series[treatment]
     if set(a.index) != set(b.index):
-        raise ValueError(f"{baseline!r} ran on seeds {sorted(a.index)} but {treatment!r} on {sorted(b.index)}; a paired comparison needs the same seeds")
+        raise ValueError(
+            f"{baseline!r} ran on seeds {sorted(a.index)} but {treatment!r} on {sorted(b.index)}; a paired comparison needs the same seeds"
+        )
     return mean_interval((b - a.loc[b.index]).to_numpy(dtype=float), confidence=confidence)
 
 
@@ -345,12 +372,17 @@ def verdict(difference: Interval, *, expect: str = "higher", min_effect: float =
         return Verdict("inside the noise", f"{difference.n} seed(s): no estimate of the noise, so no verdict")
     span = f"the {difference.confidence:.0%} interval of the difference is [{difference.low:+.4g}, {difference.high:+.4g}] over {difference.n} seeds"
     if low > min_effect:
-        return Verdict("holds", f"{span}, entirely {expect} than {'zero' if min_effect == 0 else f'the minimum effect {min_effect:g}'}")
+        return Verdict(
+            "holds",
+            f"{span}, entirely {expect} than {'zero' if min_effect == 0 else f'the minimum effect {min_effect:g}'}",
+        )
     if high < 0:
         return Verdict("does not hold", f"{span}, entirely on the opposite side of zero")
     if min_effect > 0 and -min_effect <= low and high <= min_effect:
         return Verdict("does not hold", f"{span}, inside +-{min_effect:g}: any effect is smaller than claimed")
-    return Verdict("inside the noise", f"{span}, which includes {'zero' if min_effect == 0 else 'values below the minimum effect'}")
+    return Verdict(
+        "inside the noise", f"{span}, which includes {'zero' if min_effect == 0 else 'values below the minimum effect'}"
+    )
 
 
 def claim_verdict(
@@ -378,7 +410,9 @@ def claim_verdict(
         'holds'
     """
     if not isinstance(measured, Interval):
-        raise TypeError(f"claim_verdict expects an Interval from mean_interval or summarize_final, got {type(measured).__name__}")
+        raise TypeError(
+            f"claim_verdict expects an Interval from mean_interval or summarize_final, got {type(measured).__name__}"
+        )
     forms = [about is not None, at_least is not None, at_most is not None]
     if sum(forms) != 1:
         raise ValueError("give exactly one of about=, at_least=, at_most= (e.g. about=0.93 for 'about 93%')")
@@ -392,7 +426,10 @@ def claim_verdict(
         band, claim = (-math.inf, at_most), f"at most {at_most:g}"
     if measured.n < 2 or math.isnan(measured.low):
         inside = band[0] <= measured.mean <= band[1]
-        return Verdict("inside the noise", f"one seed (mean {measured.mean:.4g}, {'inside' if inside else 'outside'} the claim {claim}): no estimate of the noise")
+        return Verdict(
+            "inside the noise",
+            f"one seed (mean {measured.mean:.4g}, {'inside' if inside else 'outside'} the claim {claim}): no estimate of the noise",
+        )
     span = f"measured {measured.mean:.4g}, {measured.confidence:.0%} interval [{measured.low:.4g}, {measured.high:.4g}] over {measured.n} seeds"
     if band[0] <= measured.low and measured.high <= band[1]:
         return Verdict("holds", f"{span}: inside the claim {claim}")

@@ -54,7 +54,7 @@ def normalization_groups(
         raise ValueError(
             f"groups={groups} must divide channels={channels} and virtual_batches={virtual_batches} must divide batch={batch}"
         )
-    n, c, s = np.meshgrid(np.arange(batch), np.arange(channels), np.arange(spatial), indexing="ij")
+    n, c, _ = np.meshgrid(np.arange(batch), np.arange(channels), np.arange(spatial), indexing="ij")
     if method == "Batch norm":
         return c
     if method == "Layer norm":

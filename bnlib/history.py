@@ -46,6 +46,7 @@ class History:
 
     @property
     def epochs(self) -> int:
+        """The number of epochs recorded."""
         return len(self.train_loss)
 
     def add_epoch(

@@ -11,6 +11,7 @@ activation (as the source tutorial does) or before it (as Ioffe and Szegedy
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Union
 
@@ -20,9 +21,14 @@ from torch import nn
 __all__ = ["LeNet5", "MLP", "init_like_source", "make_activation", "NormSpec"]
 
 #: What ``norm=`` accepts: nothing, a kind for :func:`bnlib.layers.make_norm`, or a factory.
-NormSpec = Union[None, str, Callable[[int], nn.Module]]
+NormSpec = Union[None, str, Callable[[int], nn.Module]]  # noqa: UP007  (a runtime alias: `|` fails on Python 3.10 here)
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
 _POOLS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 _POSITIONS = ("after", "before")
 
@@ -36,14 +42,18 @@ def make_activation(activation: str | Callable[[], nn.Module]) -> nn.Module:
     """
     if isinstance(activation, str):
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)} or a callable returning an nn.Module")
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)} or a callable returning an nn.Module"
+            )
         return _ACTIVATIONS[activation]()
     if callable(activation):
         module = activation()
         if not isinstance(module, nn.Module):
             raise TypeError(f"activation() must return an nn.Module, got {type(module).__name__}; pass e.g. nn.GELU")
         return module
-    raise TypeError(f"activation must be a name or a callable returning an nn.Module, got {type(activation).__name__} {activation!r}")
+    raise TypeError(
+        f"activation must be a name or a callable returning an nn.Module, got {type(activation).__name__} {activation!r}"
+    )
 
 
 def _norm_factory(norm: NormSpec) -> Callable[[int], nn.Module] | None:
@@ -55,11 +65,15 @@ def _norm_factory(norm: NormSpec) -> Callable[[int], nn.Module] | None:
 
         make_norm = getattr(layers, "make_norm", None)
         if make_norm is None:
-            raise ValueError(f"norm={norm!r} needs bnlib.layers.make_norm, which this bnlib does not provide yet; pass a callable such as torch.nn.BatchNorm2d")
+            raise ValueError(
+                f"norm={norm!r} needs bnlib.layers.make_norm, which this bnlib does not provide yet; pass a callable such as torch.nn.BatchNorm2d"
+            )
         return lambda num_features: make_norm(norm, num_features)
     if callable(norm):
         return norm
-    raise TypeError(f"norm must be None, a kind such as 'batch', or a callable num_features -> nn.Module, got {type(norm).__name__} {norm!r}")
+    raise TypeError(
+        f"norm must be None, a kind such as 'batch', or a callable num_features -> nn.Module, got {type(norm).__name__} {norm!r}"
+    )
 
 
 def _build_norm(factory: Callable[[int], nn.Module], num_features: int) -> nn.Module:
@@ -210,7 +224,7 @@ class MLP(nn.Module):
         _check_position(norm_position)
         factory = _norm_factory(norm)
         blocks: list[nn.Module] = []
-        for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
+        for fan_in, fan_out in itertools.pairwise(sizes[:-1]):
             blocks += _normalized_block(nn.Linear(fan_in, fan_out), fan_out, factory, activation, norm_position)
         blocks.append(nn.Linear(sizes[-2], sizes[-1]))
         self.sizes = sizes
@@ -220,7 +234,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"MLP expects inputs with {self.sizes[0]} features per example, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"MLP expects inputs with {self.sizes[0]} features per example, got shape {tuple(x.shape)}"
+            )
         return self.layers(x)
 
 

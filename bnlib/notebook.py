@@ -56,7 +56,9 @@ def check_close(what: str, actual: Any, expected: Any, *, atol: float = 1e-6, rt
     diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
     worst = float(diff.max()) if diff.size else 0.0
     ok = bool(np.all(diff <= atol + rtol * np.abs(e.astype(np.float64))))
-    print(f"{what}: max |difference| = {worst:.3g} (tolerance atol={atol:g}, rtol={rtol:g}): {'agree' if ok else 'DISAGREE'}")
+    print(  # noqa: T201  (this chapter helper exists to print the difference)
+        f"{what}: max |difference| = {worst:.3g} (tolerance atol={atol:g}, rtol={rtol:g}): {'agree' if ok else 'DISAGREE'}"
+    )
     if not ok:
         raise ValueError(f"{what}: the two results disagree (max |difference| = {worst:.3g})")
     return worst
@@ -86,6 +88,7 @@ class Stopwatch:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        """Time the block under ``name`` (times of the same name add up)."""
         start = time.perf_counter()
         try:
             yield
@@ -93,6 +96,7 @@ class Stopwatch:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def report(self) -> str:
+        """A table of the seconds per name and their total."""
         total = sum(self.seconds.values())
         lines = [f"{name:<40s} {secs:8.1f} s" for name, secs in self.seconds.items()]
         return "\n".join([*lines, f"{'total':<40s} {total:8.1f} s"])
@@ -106,7 +110,4 @@ def describe_environment() -> str:
     from bnlib.config import run_profile
     from bnlib.device import get_device
 
-    return (
-        f"bnlib {__version__}, torch {torch.__version__}; device: {get_device()}; "
-        f"run profile: {run_profile()}"
-    )
+    return f"bnlib {__version__}, torch {torch.__version__}; device: {get_device()}; run profile: {run_profile()}"

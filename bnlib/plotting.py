@@ -105,7 +105,9 @@ def learning_curves(
     configs = list(order) if order is not None else list(dict.fromkeys(frame[by]))
     unknown = [c for c in configs if c not in set(frame[by])]
     if unknown:
-        raise ValueError(f"order names configurations {unknown} that are not in the results: {sorted(set(map(str, frame[by])))}")
+        raise ValueError(
+            f"order names configurations {unknown} that are not in the results: {sorted(set(map(str, frame[by])))}"
+        )
     if axes is None:
         fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), height), squeeze=False)
         axes = list(axes[0])
@@ -117,16 +119,27 @@ def learning_curves(
     colours = dict(zip(configs, sns.color_palette(PALETTE, len(configs))))
     n_seeds = int(frame.groupby(by)["seed"].nunique().min()) if "seed" in frame.columns else 1
     for ax, metric in zip(axes, metrics):
-        summary = summarize_epochs(frame.dropna(subset=[metric]), metric, by=by) if frame[metric].notna().any() else None
+        summary = (
+            summarize_epochs(frame.dropna(subset=[metric]), metric, by=by) if frame[metric].notna().any() else None
+        )
         if summary is None or summary.empty:
             raise ValueError(f"{metric} has no values (was validation data given?)")
         scale = _scale(metric)
         for config in configs:
             rows = summary[summary[by] == config].sort_values("epoch")
-            ax.plot(rows["epoch"], rows["mean"] * scale, marker="o", markersize=4, color=colours[config], label=str(config))
+            ax.plot(
+                rows["epoch"], rows["mean"] * scale, marker="o", markersize=4, color=colours[config], label=str(config)
+            )
             if band is not None and len(rows) and rows["n"].min() > 1:
                 low, high = zip(*(_band_edges(r, band) for _, r in rows.iterrows()))
-                ax.fill_between(rows["epoch"], [v * scale for v in low], [v * scale for v in high], color=colours[config], alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    rows["epoch"],
+                    [v * scale for v in low],
+                    [v * scale for v in high],
+                    color=colours[config],
+                    alpha=0.2,
+                    linewidth=0,
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.set_title(LABELS.get(metric, metric).split(" (")[0].capitalize())
@@ -193,7 +206,15 @@ def final_points(
         ax.scatter(values, [i] * len(values), color=colours[i], alpha=0.6, s=25, label="one seed" if i == 0 else None)
         s = summary.loc[config]
         if s["n"] > 1:
-            ax.errorbar(s["mean"] * scale, i, xerr=[[(s["mean"] - s["low"]) * scale], [(s["high"] - s["mean"]) * scale]], fmt="D", color="black", capsize=4, label="mean, 95% interval" if i == 0 else None)
+            ax.errorbar(
+                s["mean"] * scale,
+                i,
+                xerr=[[(s["mean"] - s["low"]) * scale], [(s["high"] - s["mean"]) * scale]],
+                fmt="D",
+                color="black",
+                capsize=4,
+                label="mean, 95% interval" if i == 0 else None,
+            )
         else:
             ax.plot(s["mean"] * scale, i, "D", color="black", label="mean" if i == 0 else None)
     ax.set_yticks(range(len(configs)), [str(c) for c in configs])

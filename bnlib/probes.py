@@ -367,7 +367,7 @@ def gradient_shift(
     vectorize: bool = True,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Internal covariate shift as Santurkar et al. (2018, definition 2.1) measure it.
+    r"""Internal covariate shift as Santurkar et al. (2018, definition 2.1) measure it.
 
     For the weight ``W_i`` of layer ``i`` and the batch ``(x, y)``:
 
@@ -434,7 +434,15 @@ def gradient_shift(
         l2 = float((g - g_after).norm())
         norm, norm_after = float(g.norm()), float(g_after.norm())
         cosine = float(g @ g_after) / (norm * norm_after) if norm > 0 and norm_after > 0 else math.nan
-        rows.append({"layer": target, "l2": l2, "cosine": cosine, "grad_norm": norm, "relative_l2": l2 / norm if norm > 0 else math.nan})
+        rows.append(
+            {
+                "layer": target,
+                "l2": l2,
+                "cosine": cosine,
+                "grad_norm": norm,
+                "relative_l2": l2 / norm if norm > 0 else math.nan,
+            }
+        )
     return rows
 
 
@@ -593,7 +601,7 @@ def loss_slice(
     chunk_size: int | None = 64,
     vectorize: bool = True,
 ) -> LossSlice:
-    """The loss on a ``points x points`` grid over a plane through the model's parameters (Li et al. 2018).
+    r"""The loss on a ``points x points`` grid over a plane through the model's parameters (Li et al. 2018).
 
     .. math::  f(\\alpha, \\beta) = L(\\theta + \\alpha d_1 + \\beta d_2),
                \\quad \\alpha, \\beta \\in [-\\text{span}, \\text{span}]
@@ -638,14 +646,23 @@ def loss_slice(
     params, buffers = _state(model)
     if directions is None:
         generator = torch.Generator().manual_seed(int(seed))
-        directions = (filter_normalized_direction(model, generator=generator), filter_normalized_direction(model, generator=generator))
-    elif not (isinstance(directions, (tuple, list)) and len(directions) == 2 and all(isinstance(d, dict) for d in directions)):
-        raise TypeError("directions must be a pair (d1, d2) of {parameter name: tensor} dicts, e.g. from filter_normalized_direction")
+        directions = (
+            filter_normalized_direction(model, generator=generator),
+            filter_normalized_direction(model, generator=generator),
+        )
+    elif not (
+        isinstance(directions, (tuple, list)) and len(directions) == 2 and all(isinstance(d, dict) for d in directions)
+    ):
+        raise TypeError(
+            "directions must be a pair (d1, d2) of {parameter name: tensor} dicts, e.g. from filter_normalized_direction"
+        )
     d1, d2 = directions
     for d in (d1, d2):
         bad = [n for n in params if n not in d or d[n].shape != params[n].shape]
         if bad:
-            raise ValueError(f"directions must have one tensor per parameter with the parameter's shape; wrong or missing: {bad}")
+            raise ValueError(
+                f"directions must have one tensor per parameter with the parameter's shape; wrong or missing: {bad}"
+            )
 
     alphas = np.linspace(-span, span, points)
     dtype = next(iter(params.values())).dtype
@@ -655,17 +672,34 @@ def loss_slice(
     def shape(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, *([1] * like.dim()))
 
-    grid = {n: p.unsqueeze(0) + shape(a, p) * d1[n].unsqueeze(0) + shape(b, p) * d2[n].unsqueeze(0) for n, p in params.items()}
+    grid = {
+        n: p.unsqueeze(0) + shape(a, p) * d1[n].unsqueeze(0) + shape(b, p) * d2[n].unsqueeze(0)
+        for n, p in params.items()
+    }
     was_training = model.training
     model.train(train_mode)
     try:
         with torch.no_grad():
             _, losses = _batched_loss_and_grad(
-                model, grid, buffers, x, y, loss_fn, chunk_size=chunk_size, need_grad=False, vectorize=vectorize, seed=seed
+                model,
+                grid,
+                buffers,
+                x,
+                y,
+                loss_fn,
+                chunk_size=chunk_size,
+                need_grad=False,
+                vectorize=vectorize,
+                seed=seed,
             )
     finally:
         model.train(was_training)
-    return LossSlice(alphas=alphas, betas=alphas.copy(), loss=losses.double().cpu().numpy().reshape(points, points), directions=(d1, d2))
+    return LossSlice(
+        alphas=alphas,
+        betas=alphas.copy(),
+        loss=losses.double().cpu().numpy().reshape(points, points),
+        directions=(d1, d2),
+    )
 
 
 # --------------------------------------------------------------------------- training with probes
@@ -697,6 +731,7 @@ class ProbeRun:
 
     @property
     def final_val_accuracy(self) -> float:
+        """Validation accuracy at the last evaluation (NaN when none was made)."""
         return float(self.evals["val_accuracy"].iloc[-1]) if len(self.evals) else math.nan
 
 
@@ -805,9 +840,13 @@ def train_with_probes(
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples; lower it")
     if "activations" in measure:
-        px, py = as_tensors(probe, name="probe", device=device, dtype=x.dtype) if probe is not None else (x[:1000], y[:1000])
+        px, py = (
+            as_tensors(probe, name="probe", device=device, dtype=x.dtype) if probe is not None else (x[:1000], y[:1000])
+        )
         if activation_layers is None:
-            activation_layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Sigmoid, nn.Tanh, nn.ReLU))]
+            activation_layers = [
+                name for name, m in model.named_modules() if isinstance(m, (nn.Sigmoid, nn.Tanh, nn.ReLU))
+            ]
     val_data = as_tensors(val, name="val", device=device) if val is not None else None
     etas = [lr * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)] if step_sizes is None else list(step_sizes)
 
@@ -832,9 +871,21 @@ def train_with_probes(
             xb, yb = x[index], y[index]
             step = t + 1
             if t % every == 0:
-                probes += _measure(model, measure, xb, yb, step, lr=lr, etas=etas, loss_fn=loss_fn,
-                                   probe=(px, py) if "activations" in measure else None,
-                                   layers=activation_layers, capture=capture, quantiles=quantiles, seed=seed + step)
+                probes += _measure(
+                    model,
+                    measure,
+                    xb,
+                    yb,
+                    step,
+                    lr=lr,
+                    etas=etas,
+                    loss_fn=loss_fn,
+                    probe=(px, py) if "activations" in measure else None,
+                    layers=activation_layers,
+                    capture=capture,
+                    quantiles=quantiles,
+                    seed=seed + step,
+                )
             output = model(xb)
             loss = loss_fn(output, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -847,7 +898,9 @@ def train_with_probes(
                 evals.append({"step": step, "val_loss": val_loss, "val_accuracy": val_accuracy})
     finally:
         model.train(was_training)
-    step_frame = pd.DataFrame({"step": np.arange(1, steps + 1), "loss": losses.cpu().numpy(), "accuracy": correct.cpu().numpy() / batch_size})
+    step_frame = pd.DataFrame(
+        {"step": np.arange(1, steps + 1), "loss": losses.cpu().numpy(), "accuracy": correct.cpu().numpy() / batch_size}
+    )
     return ProbeRun(
         steps=step_frame,
         probes=pd.DataFrame(probes, columns=["step", "measure", "layer", "value"]),
@@ -857,17 +910,30 @@ def train_with_probes(
     )
 
 
-def _measure(model, measure, xb, yb, step, *, lr, etas, loss_fn, probe, layers, capture, quantiles, seed) -> list[dict[str, Any]]:
+def _measure(
+    model, measure, xb, yb, step, *, lr, etas, loss_fn, probe, layers, capture, quantiles, seed
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if "activations" in measure:
         # Restored buffers and a forked generator: probing leaves training exactly as it was.
-        with _buffers_restored(model), _fixed_rng(seed, probe[0].device), torch.no_grad():
-            with record_activations(model, layers, capture=capture, quantiles=quantiles) as rec:
-                model(probe[0])
+        with (
+            _buffers_restored(model),
+            _fixed_rng(seed, probe[0].device),
+            torch.no_grad(),
+            record_activations(model, layers, capture=capture, quantiles=quantiles) as rec,
+        ):
+            model(probe[0])
         for record in rec.records:
             for key in record:
                 if key.startswith("q") or key in ("mean", "std"):
-                    rows.append({"step": step, "measure": "activation", "layer": f"{record['layer']}:{key}", "value": record[key]})
+                    rows.append(
+                        {
+                            "step": step,
+                            "measure": "activation",
+                            "layer": f"{record['layer']}:{key}",
+                            "value": record[key],
+                        }
+                    )
     if "gradient_shift" in measure:
         for r in gradient_shift(model, xb, yb, lr=lr, loss_fn=loss_fn, seed=seed):
             rows.append({"step": step, "measure": "l2", "layer": r["layer"], "value": r["l2"]})

@@ -25,7 +25,9 @@ __all__ = ["fit", "evaluate", "as_tensors"]
 Data = Sequence[Any]  # an (x, y) pair of tensors or arrays
 
 
-def as_tensors(data: Any, *, name: str = "data", device: Any = None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(
+    data: Any, *, name: str = "data", device: Any = None, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check an ``(x, y)`` pair and return it as tensors on ``device``.
 
     NumPy arrays become tensors; floating inputs are cast to ``dtype`` when given.
@@ -232,7 +234,9 @@ def fit(
     batch_size = _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
+        )
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output, target) -> loss, got {type(loss_fn).__name__}")
@@ -246,21 +250,27 @@ def fit(
     n = len(x)
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     if n_batches == 0:
-        raise ValueError(f"drop_last=True with batch_size={batch_size} > {n} training examples leaves no batch; lower batch_size or set drop_last=False")
+        raise ValueError(
+            f"drop_last=True with batch_size={batch_size} > {n} training examples leaves no batch; lower batch_size or set drop_last=False"
+        )
 
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
         owned = {id(p) for p in model.parameters()}
         if not any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
-            raise ValueError("optimizer holds none of the model's parameters; build it from this model: torch.optim.Adam(model.parameters())")
+            raise ValueError(
+                "optimizer holds none of the model's parameters; build it from this model: torch.optim.Adam(model.parameters())"
+            )
 
     generator = None
     if seed is not None:
         seed_everything(seed)
         generator = torch.Generator().manual_seed(int(seed))  # on the CPU: the same order on every device
 
-    history = History(meta={"framework": "pytorch", **({"seed": int(seed)} if seed is not None else {}), **(meta or {})})
+    history = History(
+        meta={"framework": "pytorch", **({"seed": int(seed)} if seed is not None else {}), **(meta or {})}
+    )
     was_training = model.training
     try:
         for epoch in range(1, epochs + 1):
@@ -299,7 +309,9 @@ def fit(
             train_accuracy = int(correct) / seen if has_accuracy else math.nan
             val_loss = val_accuracy = math.nan
             if val_data is not None:
-                val_loss, val_accuracy = evaluate(model, val_data, batch_size=eval_batch_size, device=device, loss_fn=loss_fn)
+                val_loss, val_accuracy = evaluate(
+                    model, val_data, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+                )
             history.add_epoch(
                 train_loss=train_loss,
                 train_accuracy=train_accuracy,

@@ -21,7 +21,7 @@ def repository_url() -> str:
 
 def setup_cell() -> str:
     """The canonical first code cell of every chapter."""
-    return f'''# Setup, the same in every chapter: in Colab (and only there) install bnlib.
+    return f"""# Setup, the same in every chapter: in Colab (and only there) install bnlib.
 import os
 import subprocess
 import sys
@@ -33,7 +33,7 @@ if "google.colab" in sys.modules:
 
 import bnlib
 
-print(bnlib.describe_environment())'''
+print(bnlib.describe_environment())"""
 
 
 def toc_files() -> list[str]:
@@ -58,15 +58,23 @@ def test_pair_matches_and_has_no_outputs(md: Path):
     nb_pairs = [(c.cell_type, c.source.strip()) for c in paired.cells]
     assert pairs == nb_pairs, f"{md.name} and {ipynb.name} differ: run jupytext --sync {md.relative_to(ROOT)}"
     raw = json.loads(ipynb.read_text())
-    with_outputs = [i for i, c in enumerate(raw["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not with_outputs, f"{ipynb.name} carries outputs in cells {with_outputs}: strip them (jupytext --sync writes none)"
+    with_outputs = [
+        i
+        for i, c in enumerate(raw["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
+    assert not with_outputs, (
+        f"{ipynb.name} carries outputs in cells {with_outputs}: strip them (jupytext --sync writes none)"
+    )
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_first_code_cell_is_the_setup_cell(md: Path):
     cells = [c for c in jupytext.read(md).cells if c.cell_type == "code"]
     assert cells, f"{md.name} has no code cell"
-    assert cells[0].source.strip() == setup_cell(), f"{md.name}: the first code cell must be the shared setup cell (see CONTRIBUTING.md)"
+    assert cells[0].source.strip() == setup_cell(), (
+        f"{md.name}: the first code cell must be the shared setup cell (see CONTRIBUTING.md)"
+    )
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)

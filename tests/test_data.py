@@ -39,11 +39,15 @@ def test_torch_views(mnist):
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     padded, _ = small.torch("test", device="cpu", size=32, resize="pad")
-    assert padded.shape == (4, 1, 32, 32) and torch.equal(padded[:, :, 2:30, 2:30], small.torch("test", device="cpu")[0])
+    assert padded.shape == (4, 1, 32, 32) and torch.equal(
+        padded[:, :, 2:30, 2:30], small.torch("test", device="cpu")[0]
+    )
     resized, _ = small.torch("train", device="cpu", size=32)
     assert resized.shape == (8, 1, 32, 32)
     standardized, _ = mnist.torch("train", device="cpu", standardize=True)
-    assert float(standardized.mean()) == pytest.approx(0, abs=1e-4) and float(standardized.std()) == pytest.approx(1, abs=1e-3)
+    assert float(standardized.mean()) == pytest.approx(0, abs=1e-4) and float(standardized.std()) == pytest.approx(
+        1, abs=1e-3
+    )
 
 
 def test_keras_view_is_nhwc(mnist):
@@ -53,7 +57,11 @@ def test_keras_view_is_nhwc(mnist):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"size": 30}, "size must be 28 or 32"), ({"resize": "nearest"}, "resize must be"), ({"split": "valid"}, "split must be")],
+    [
+        ({"size": 30}, "size must be 28 or 32"),
+        ({"resize": "nearest"}, "resize must be"),
+        ({"split": "valid"}, "split must be"),
+    ],
 )
 def test_bad_view_arguments(mnist, kwargs, message):
     with pytest.raises(ValueError, match=message):

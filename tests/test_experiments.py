@@ -31,14 +31,22 @@ def fake_run(offset=0.0):
     def run(seed):
         h = History()
         for epoch in range(3):
-            h.add_epoch(train_loss=1.0 / (epoch + 1), train_accuracy=0.8, val_loss=0.5, val_accuracy=0.9 + offset + 0.01 * epoch + 0.001 * seed, seconds=0.1)
+            h.add_epoch(
+                train_loss=1.0 / (epoch + 1),
+                train_accuracy=0.8,
+                val_loss=0.5,
+                val_accuracy=0.9 + offset + 0.01 * epoch + 0.001 * seed,
+                seconds=0.1,
+            )
         return h
 
     return run
 
 
 def results():
-    return to_frame(repeat(fake_run(), seeds=(0, 1, 2), config="a") + repeat(fake_run(0.02), seeds=(0, 1, 2), config="b"))
+    return to_frame(
+        repeat(fake_run(), seeds=(0, 1, 2), config="a") + repeat(fake_run(0.02), seeds=(0, 1, 2), config="b")
+    )
 
 
 def test_mean_interval_matches_scipy():
@@ -99,8 +107,20 @@ def test_repeat_fit_is_paired_and_reproducible():
     x = torch.randn(48, 3, generator=g)
     y = (x[:, 0] > 0).long()
     kwargs = dict(seeds=(0, 1), epochs=1, batch_size=16, device="cpu", progress=False)
-    a = repeat_fit(lambda: MLP((3, 8, 2)), (x, y), config="sgd", make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), **kwargs)
-    b = repeat_fit(lambda: MLP((3, 8, 2)), (x, y), config="sgd", make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), **kwargs)
+    a = repeat_fit(
+        lambda: MLP((3, 8, 2)),
+        (x, y),
+        config="sgd",
+        make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        **kwargs,
+    )
+    b = repeat_fit(
+        lambda: MLP((3, 8, 2)),
+        (x, y),
+        config="sgd",
+        make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        **kwargs,
+    )
     assert [h.batch_loss for h in a] == [h.batch_loss for h in b]
     assert a[0].batch_loss != a[1].batch_loss
 
@@ -117,7 +137,13 @@ def test_repeat_fit_is_paired_and_reproducible():
         (lambda: summarize_final(results(), "accuracy"), ValueError, "no column"),
         (lambda: summarize_final(results(), epoch=9), ValueError, "no results at epoch 9"),
         (lambda: paired_difference(results(), "a", "c"), ValueError, "no runs with config='c'"),
-        (lambda: paired_difference(pd.concat([results(), to_frame(repeat(fake_run(), seeds=(5,), config="c"))]), "a", "c"), ValueError, "same seeds"),
+        (
+            lambda: paired_difference(
+                pd.concat([results(), to_frame(repeat(fake_run(), seeds=(5,), config="c"))]), "a", "c"
+            ),
+            ValueError,
+            "same seeds",
+        ),
         (lambda: mean_interval([]), ValueError, "non-empty"),
         (lambda: verdict(0.5), TypeError, "Interval"),
         (lambda: claim_verdict(mean_interval([1.0, 2.0])), ValueError, "exactly one"),

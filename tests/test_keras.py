@@ -14,7 +14,9 @@ import bnlib.keras as bk
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 # --- importing ---------------------------------------------------------------------------------
@@ -79,7 +81,9 @@ def test_momentum_of_wrong_type_is_a_type_error(bad):
 def test_variance_conversion_matches_numpy_ddof():
     values = np.random.default_rng(0).normal(size=(37, 3))
     n = values.shape[0]
-    np.testing.assert_allclose(bk.biased_variance(values.var(axis=0, ddof=1), n), values.var(axis=0, ddof=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        bk.biased_variance(values.var(axis=0, ddof=1), n), values.var(axis=0, ddof=0), rtol=1e-12
+    )
     np.testing.assert_allclose(bk.unbiased_variance(values.var(axis=0), n), values.var(axis=0, ddof=1), rtol=1e-12)
     with pytest.raises(ValueError, match="at least 2"):
         bk.biased_variance(1.0, 1)
@@ -103,10 +107,10 @@ def test_converted_layers_agree_with_the_real_frameworks():
     """Keras BatchNormalization built from torch settings tracks the same moving mean; variances differ by (n-1)/n."""
     import torch
 
-    tf, keras = bk.require_keras()
-    assert bk.KERAS_EPSILON == keras.layers.BatchNormalization().epsilon
-    assert bk.KERAS_MOMENTUM == keras.layers.BatchNormalization().momentum
-    assert bk.TORCH_EPSILON == torch.nn.BatchNorm1d(3).eps and bk.TORCH_MOMENTUM == torch.nn.BatchNorm1d(3).momentum
+    _, keras = bk.require_keras()
+    assert keras.layers.BatchNormalization().epsilon == bk.KERAS_EPSILON
+    assert keras.layers.BatchNormalization().momentum == bk.KERAS_MOMENTUM
+    assert torch.nn.BatchNorm1d(3).eps == bk.TORCH_EPSILON and torch.nn.BatchNorm1d(3).momentum == bk.TORCH_MOMENTUM
     rng = np.random.default_rng(1)
     batches = [rng.normal(2.0, 3.0, size=(16, 3)).astype(np.float32) for _ in range(3)]
     torch_bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-5)
@@ -121,11 +125,14 @@ def test_converted_layers_agree_with_the_real_frameworks():
     keras_bn = keras.layers.BatchNormalization(**bk.keras_batchnorm_kwargs(momentum=1.0))
     torch_bn(torch.from_numpy(batches[0]))
     keras_bn(batches[0], training=True)
-    np.testing.assert_allclose(np.asarray(keras_bn.moving_variance), bk.biased_variance(torch_bn.running_var.numpy(), 16), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(keras_bn.moving_variance), bk.biased_variance(torch_bn.running_var.numpy(), 16), rtol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(keras_bn.moving_variance), batches[0].var(axis=0), rtol=1e-5)
 
 
 # --- builders ----------------------------------------------------------------------------------
+
 
 def conv(k: int, c_in: int, c_out: int) -> int:
     return k * k * c_in * c_out + c_out
@@ -145,10 +152,37 @@ def names(model) -> list[str]:
 
 
 A_PLAIN = ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
-A_AFTER = ["Conv2D", "BatchNormalization", "MaxPooling2D", "BatchNormalization", "Conv2D", "BatchNormalization",
-           "MaxPooling2D", "BatchNormalization", "Flatten", "Dense", "BatchNormalization", "Dense"]
-A_BEFORE = ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D", "BatchNormalization", "Conv2D", "BatchNormalization",
-            "ReLU", "MaxPooling2D", "BatchNormalization", "Flatten", "Dense", "BatchNormalization", "ReLU", "Dense"]
+A_AFTER = [
+    "Conv2D",
+    "BatchNormalization",
+    "MaxPooling2D",
+    "BatchNormalization",
+    "Conv2D",
+    "BatchNormalization",
+    "MaxPooling2D",
+    "BatchNormalization",
+    "Flatten",
+    "Dense",
+    "BatchNormalization",
+    "Dense",
+]
+A_BEFORE = [
+    "Conv2D",
+    "BatchNormalization",
+    "ReLU",
+    "MaxPooling2D",
+    "BatchNormalization",
+    "Conv2D",
+    "BatchNormalization",
+    "ReLU",
+    "MaxPooling2D",
+    "BatchNormalization",
+    "Flatten",
+    "Dense",
+    "BatchNormalization",
+    "ReLU",
+    "Dense",
+]
 
 
 def test_model_a_layer_order_and_parameter_counts():
@@ -163,10 +197,22 @@ def test_model_a_layer_order_and_parameter_counts():
     for placement, expected in (("after", A_AFTER), ("before", A_BEFORE)):
         model = bk.model_a(batch_norm=True, placement=placement)
         assert names(model) == expected, placement
-        assert bk.parameter_counts(model) == {"total": plain + bn_train + bn_frozen, "trainable": plain + bn_train, "non_trainable": bn_frozen}
+        assert bk.parameter_counts(model) == {
+            "total": plain + bn_train + bn_frozen,
+            "trainable": plain + bn_train,
+            "non_trainable": bn_frozen,
+        }
         assert model.output_shape == (None, 10)
-    relu_after = [layer.get_config()["activation"] for layer in bk.model_a(placement="after").layers if type(layer).__name__ in ("Conv2D", "Dense")]
-    relu_before = [layer.get_config()["activation"] for layer in bk.model_a(placement="before").layers if type(layer).__name__ in ("Conv2D", "Dense")]
+    relu_after = [
+        layer.get_config()["activation"]
+        for layer in bk.model_a(placement="after").layers
+        if type(layer).__name__ in ("Conv2D", "Dense")
+    ]
+    relu_before = [
+        layer.get_config()["activation"]
+        for layer in bk.model_a(placement="before").layers
+        if type(layer).__name__ in ("Conv2D", "Dense")
+    ]
     assert relu_after == ["relu", "relu", "relu", "softmax"]
     assert relu_before == ["linear", "linear", "linear", "softmax"]
 
@@ -175,10 +221,23 @@ def test_model_b_layer_order_and_parameter_counts():
     # 28 -> conv 26 -> conv 24 -> pool 12: 12 * 12 * 64 = 9216 features.
     plain = conv(3, 1, 32) + conv(3, 32, 64) + dense(9216, 128) + dense(128, 10)
     model = bk.model_b()
-    assert names(model) == ["Conv2D", "BatchNormalization", "Conv2D", "BatchNormalization", "MaxPooling2D", "Flatten",
-                            "Dense", "BatchNormalization", "Dense"]
+    assert names(model) == [
+        "Conv2D",
+        "BatchNormalization",
+        "Conv2D",
+        "BatchNormalization",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "BatchNormalization",
+        "Dense",
+    ]
     trainable = plain + sum(bn(c)[0] for c in (32, 64, 128))
-    assert bk.parameter_counts(model) == {"total": trainable + 2 * (32 + 64 + 128), "trainable": trainable, "non_trainable": 2 * (32 + 64 + 128)}
+    assert bk.parameter_counts(model) == {
+        "total": trainable + 2 * (32 + 64 + 128),
+        "trainable": trainable,
+        "non_trainable": 2 * (32 + 64 + 128),
+    }
     assert names(bk.model_b(placement="before"))[:3] == ["Conv2D", "BatchNormalization", "ReLU"]
     assert bk.parameter_counts(bk.model_b(batch_norm=False))["total"] == plain
 
@@ -188,7 +247,11 @@ def test_model_c_dense_and_the_fixed_conv_snippet():
     assert names(model) == ["Dense", "BatchNormalization", "Dense", "BatchNormalization", "Dense"]
     assert model.output_shape == (None, 1, 2)
     trainable = dense(5, 16) + dense(16, 32) + dense(32, 2) + 2 * (16 + 32)
-    assert bk.parameter_counts(model) == {"total": trainable + 2 * (16 + 32), "trainable": trainable, "non_trainable": 96}
+    assert bk.parameter_counts(model) == {
+        "total": trainable + 2 * (16 + 32),
+        "trainable": trainable,
+        "non_trainable": 96,
+    }
     fixed = bk.model_c_conv()
     assert names(fixed) == ["Conv2D", "BatchNormalization", "MaxPooling2D", "Flatten", "Dense"]
     assert fixed.output_shape == (None, 10)
@@ -201,7 +264,7 @@ def test_model_c_conv_as_written_fails_as_described():
     _, keras = bk.require_keras()
     with_comma = bk.MODEL_C_CONV_AS_WRITTEN.replace("MaxPooling2D((2, 2))\n", "MaxPooling2D((2, 2)),\n")
     scope = {"keras": keras}
-    exec(with_comma, scope)
+    exec(with_comma, scope)  # noqa: S102  (runs the source snippet, repaired, exactly as a reader would)
     assert scope["model"].output_shape == (None, 13, 13, 10)  # one prediction per pooled pixel, not per image
 
 
@@ -240,7 +303,7 @@ def contract_history(tiny):
 
 
 def test_fit_fills_the_history_contract(tiny, contract_history):
-    train, test = tiny
+    train, _ = tiny
     history = contract_history
     # 64 images, 25% held out (Keras's rule: the last 16) -> 48 trained in batches of 20, 20, 8.
     assert isinstance(history, bnlib.history.History)
@@ -312,7 +375,7 @@ def test_fit_rejects_bad_input(tiny):
 
 
 def test_evaluate_matches_keras(tiny):
-    _, keras = bk.require_keras()
+    bk.require_keras()
     _, (x, y) = tiny
     model = bk.model_c_conv(seed=1)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])

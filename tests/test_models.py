@@ -38,10 +38,12 @@ def test_lenet5_parameter_count_is_that_of_the_architecture():
     assert sum(p.numel() for p in with_bn.parameters()) == expected + 2 * (6 + 16)
 
 
-@pytest.mark.parametrize(("position", "order"), [("after", ["Conv2d", "Tanh", "BatchNorm2d"]), ("before", ["Conv2d", "BatchNorm2d", "Tanh"])])
+@pytest.mark.parametrize(
+    ("position", "order"), [("after", ["Conv2d", "Tanh", "BatchNorm2d"]), ("before", ["Conv2d", "BatchNorm2d", "Tanh"])]
+)
 def test_norm_position(position, order):
     names = [type(m).__name__ for m in LeNet5(nn.BatchNorm2d, norm_position=position).features]
-    assert names == order + ["AvgPool2d"] + order + ["AvgPool2d"]
+    assert names == [*order, "AvgPool2d", *order, "AvgPool2d"]
 
 
 def test_norm_factory_receives_the_channel_counts():
@@ -92,7 +94,15 @@ def test_init_like_source_is_xavier_uniform_with_biases_001():
 
 def test_mlp_matches_the_sources_and_the_bn_paper():
     source = MLP(norm=nn.BatchNorm1d)
-    assert [type(m).__name__ for m in source.layers] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in source.layers] == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+    ]
     assert [m.out_features for m in source.layers if isinstance(m, nn.Linear)] == [512, 256, 10]
     paper = MLP((784, 100, 100, 100, 10), nn.BatchNorm1d, activation="sigmoid", norm_position="before")
     assert [type(m).__name__ for m in paper.layers][:3] == ["Linear", "BatchNorm1d", "Sigmoid"]

@@ -6,13 +6,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-from bnlib.experiments import repeat, summarize_epochs, to_frame  # noqa: E402
-from bnlib.history import History  # noqa: E402
-from bnlib.plotting import PALETTE, final_points, learning_curves, use_book_style  # noqa: E402
+from bnlib.experiments import repeat, summarize_epochs, to_frame
+from bnlib.history import History
+from bnlib.plotting import PALETTE, final_points, learning_curves, use_book_style
 
 
 def runs():
@@ -20,7 +20,13 @@ def runs():
         def run(seed):
             h = History()
             for e in range(4):
-                h.add_epoch(train_loss=1 / (e + 1) + seed / 10, train_accuracy=0.8, val_loss=0.4, val_accuracy=0.9 + offset + seed / 100, seconds=1.0)
+                h.add_epoch(
+                    train_loss=1 / (e + 1) + seed / 10,
+                    train_accuracy=0.8,
+                    val_loss=0.4,
+                    val_accuracy=0.9 + offset + seed / 100,
+                    seconds=1.0,
+                )
             return h
 
         return run

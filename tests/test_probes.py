@@ -61,9 +61,8 @@ def test_hooks_are_removed_after_the_block_and_after_an_error():
         assert all_hooks(model) > 0
     assert all_hooks(model) == 0
     assert {r["kind"] for r in rec.records} == {"activation", "gradient"}
-    with pytest.raises(RuntimeError, match="boom"):
-        with record_activations(model):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), record_activations(model):
+        raise RuntimeError("boom")
     assert all_hooks(model) == 0
 
 
@@ -109,21 +108,16 @@ def test_summaries_match_numpy_and_gradients_match_autograd():
 
 def test_hook_bad_input():
     model = bn_mlp()
-    with pytest.raises(ValueError, match="no module named"):
-        with record_activations(model, ["nope"]):
-            pass
-    with pytest.raises(TypeError, match="wrap it in a list"):
-        with record_activations(model, "layers.0"):
-            pass
-    with pytest.raises(ValueError, match="capture"):
-        with record_activations(model, capture="middle"):
-            pass
-    with pytest.raises(ValueError, match="quantiles"):
-        with record_activations(model, quantiles=(1.5,)):
-            pass
-    with pytest.raises(TypeError, match="torch.nn.Module"):
-        with record_activations("model"):
-            pass
+    with pytest.raises(ValueError, match="no module named"), record_activations(model, ["nope"]):
+        pass
+    with pytest.raises(TypeError, match="wrap it in a list"), record_activations(model, "layers.0"):
+        pass
+    with pytest.raises(ValueError, match="capture"), record_activations(model, capture="middle"):
+        pass
+    with pytest.raises(ValueError, match="quantiles"), record_activations(model, quantiles=(1.5,)):
+        pass
+    with pytest.raises(TypeError, match="torch.nn.Module"), record_activations("model"):
+        pass
     with pytest.raises(ValueError, match="empty"):
         summarize(torch.zeros(0))
 
@@ -156,7 +150,9 @@ def test_gradient_shift_vectorized_equals_loop_and_leaves_the_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = gradient_shift(model, x, y, lr=0.5)
     slow = gradient_shift(model, x, y, lr=0.5, vectorize=False)
-    assert [r["layer"] for r in fast] == weight_names(model) == ["layers.0.weight", "layers.3.weight", "layers.6.weight"]
+    assert (
+        [r["layer"] for r in fast] == weight_names(model) == ["layers.0.weight", "layers.3.weight", "layers.6.weight"]
+    )
     for a, b in zip(fast, slow):
         assert a["l2"] == pytest.approx(b["l2"], rel=1e-4, abs=1e-6)
         assert a["cosine"] == pytest.approx(b["cosine"], rel=1e-5)
@@ -286,7 +282,9 @@ def noisy_mlp(seed: int) -> nn.Module:
 def test_probing_does_not_change_training(make):
     x, y = batch(240, seed=3)
     plain = train_with_probes(make(1), (x, y), steps=12, lr=0.3, batch_size=24, measure=(), seed=5)
-    probed = train_with_probes(make(1), (x, y), steps=12, lr=0.3, batch_size=24, every=3, seed=5, val=(x, y), eval_every=6)
+    probed = train_with_probes(
+        make(1), (x, y), steps=12, lr=0.3, batch_size=24, every=3, seed=5, val=(x, y), eval_every=6
+    )
     np.testing.assert_array_equal(plain.steps["loss"].to_numpy(), probed.steps["loss"].to_numpy())
     assert plain.probes.empty and plain.evals.empty
     assert sorted(probed.probes["step"].unique()) == [1, 4, 7, 10]

@@ -154,7 +154,11 @@ def test_numpy_inputs_and_a_custom_loss():
         (dict(val=(torch.zeros(3, 4),)), TypeError, "val must be a pair"),
         (dict(model="mlp"), TypeError, "model must be a torch.nn.Module"),
         (dict(optimizer="adam"), TypeError, "optimizer must be"),
-        (dict(optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)), ValueError, "none of the model's parameters"),
+        (
+            dict(optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)),
+            ValueError,
+            "none of the model's parameters",
+        ),
         (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
         (dict(batch_size=200, drop_last=True), ValueError, "leaves no batch"),
         (dict(device="nonsense"), ValueError, "not a device name"),

@@ -15,9 +15,9 @@ from bnlib.layers import (
     GhostBatchNorm,
     RenormWarmup,
     adapt_batchnorm,
+    add_weight_norm,
     apply_weight_norm,
     batchnorm_layers,
-    add_weight_norm,
 )
 
 
@@ -100,7 +100,9 @@ def _keras_renorm_run(xs, *, momentum, r_max, d_max, eps, gamma, beta):
             loss = tf.reduce_sum(y * y)
         outputs.append(y.numpy())
         grads.append(tape.gradient(loss, xt).numpy())
-    stats = {name: np.asarray(getattr(layer, name).numpy()) for name in ("moving_mean", "moving_stddev", "moving_variance")}
+    stats = {
+        name: np.asarray(getattr(layer, name).numpy()) for name in ("moving_mean", "moving_stddev", "moving_variance")
+    }
     return outputs, grads, stats, layer(tf.constant(xs[-1]), training=False).numpy()
 
 
@@ -124,7 +126,9 @@ def test_renorm_matches_keras_over_clipped_steps(channels_last_shape):
         x = to_nchw(x).clone().requires_grad_()
         y = layer(x)
         y.square().sum().backward()
-        clipped_r += int(((layer.last_r - r_max).abs() < 1e-12).sum() + ((layer.last_r - 1 / r_max).abs() < 1e-12).sum())
+        clipped_r += int(
+            ((layer.last_r - r_max).abs() < 1e-12).sum() + ((layer.last_r - 1 / r_max).abs() < 1e-12).sum()
+        )
         clipped_d += int((layer.last_d.abs() - d_max).abs().lt(1e-12).sum())
         close(from_nchw(y.detach()), torch.from_numpy(y_keras), atol=1e-9)
         close(from_nchw(x.grad), torch.from_numpy(g_keras), atol=1e-9)
@@ -166,7 +170,14 @@ def test_renorm_momentum_none_is_a_cumulative_average():
 
 def test_renorm_warmup_schedule_and_attach():
     schedule = RenormWarmup(warmup_steps=2, r_max=3.0, d_max=5.0, r_max_steps=6, d_max_steps=4)
-    assert [schedule(s) for s in (0, 2, 3, 4, 6, 99)] == [(1.0, 0.0), (1.0, 0.0), (1.5, 2.5), (2.0, 5.0), (3.0, 5.0), (3.0, 5.0)]
+    assert [schedule(s) for s in (0, 2, 3, 4, 6, 99)] == [
+        (1.0, 0.0),
+        (1.0, 0.0),
+        (1.5, 2.5),
+        (2.0, 5.0),
+        (3.0, 5.0),
+        (3.0, 5.0),
+    ]
     model = nn.Sequential(BatchRenorm(2), nn.Identity(), BatchRenorm(2))
     handles = schedule.attach(model)
     for _ in range(5):
@@ -289,8 +300,10 @@ def test_weight_norm_negative_dim_counts_from_the_end():
 def test_apply_weight_norm_and_bad_input():
     model = apply_weight_norm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)))
     assert {n for n, _ in model.named_parameters() if "original" in n} == {
-        "0.parametrizations.weight.original0", "0.parametrizations.weight.original1",
-        "3.parametrizations.weight.original0", "3.parametrizations.weight.original1",
+        "0.parametrizations.weight.original0",
+        "0.parametrizations.weight.original1",
+        "3.parametrizations.weight.original0",
+        "3.parametrizations.weight.original1",
     }
     with pytest.raises(ValueError, match="no parameter 'kernel'"):
         add_weight_norm(nn.Linear(2, 2), "kernel")
@@ -313,7 +326,13 @@ def test_apply_weight_norm_and_bad_input():
 def _model() -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(3 * 4 * 4, 4), nn.BatchNorm1d(4)
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 4),
+        nn.BatchNorm1d(4),
     ).double()
     with torch.no_grad():  # pretend training left statistics behind
         model[1].running_mean.fill_(3.0)
@@ -333,7 +352,9 @@ def test_adabn_one_batch_gives_the_exact_population_statistics():
         close(model[1].running_mean, h.mean((0, 2, 3)))
         close(model[1].running_var, h.var((0, 2, 3), unbiased=True))
         # The second layer sees the first one normalized with the batch statistics, dropout off.
-        h2 = model[5](model[2](nn.functional.batch_norm(h, None, None, model[1].weight, model[1].bias, training=True)).flatten(1))
+        h2 = model[5](
+            model[2](nn.functional.batch_norm(h, None, None, model[1].weight, model[1].bias, training=True)).flatten(1)
+        )
         close(model[6].running_mean, h2.mean(0))
         close(model[6].running_var, h2.var(0, unbiased=True))
     assert [m.training for m in model] == [True, True, True, False, True, True, True]
@@ -426,9 +447,9 @@ def test_figure_groups_are_the_layers_statistics(method):
         values = x[cells]
         expected[cells] = (values - values.mean()) / (values.var(unbiased=False) + 1e-5).sqrt()
     layer = {
-        "Batch norm": lambda t: F.batch_norm(t),
-        "Layer norm": lambda t: F.layer_norm(t),
-        "Instance norm": lambda t: F.instance_norm(t),
+        "Batch norm": F.batch_norm,
+        "Layer norm": F.layer_norm,
+        "Instance norm": F.instance_norm,
         "Group norm": lambda t: F.group_norm(t, 2),
         "Ghost batch norm": GhostBatchNorm(6, 3, affine=False, dtype=torch.float64),
     }[method]

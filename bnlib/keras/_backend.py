@@ -33,8 +33,7 @@ def require_keras() -> tuple[Any, Any]:
         import tensorflow as tf
     except ImportError as error:
         raise ImportError(
-            f"bnlib.keras needs TensorFlow, which could not be imported ({error}). "
-            f"Install it with: {INSTALL_HINT}"
+            f"bnlib.keras needs TensorFlow, which could not be imported ({error}). Install it with: {INSTALL_HINT}"
         ) from error
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
@@ -81,4 +80,4 @@ def tensorflow_device() -> str:
     """
     tf, _ = require_keras()
     device = tf.constant(0.0).device  # '/job:localhost/replica:0/task:0/device:CPU:0'
-    return device[device.find("/device:"):] if "/device:" in device else device
+    return device[device.find("/device:") :] if "/device:" in device else device

@@ -136,7 +136,9 @@ def unbiased_variance(biased: V, n: int) -> V:
     return biased * (n / (n - 1))
 
 
-def keras_batchnorm_kwargs(*, momentum: float = TORCH_MOMENTUM, eps: float = TORCH_EPSILON, affine: bool = True) -> dict[str, Any]:
+def keras_batchnorm_kwargs(
+    *, momentum: float = TORCH_MOMENTUM, eps: float = TORCH_EPSILON, affine: bool = True
+) -> dict[str, Any]:
     """Arguments of ``keras.layers.BatchNormalization`` that match a PyTorch ``BatchNorm`` built with these.
 
     The moving variance still differs by the factor ``(n - 1) / n`` (see the
@@ -152,7 +154,9 @@ def keras_batchnorm_kwargs(*, momentum: float = TORCH_MOMENTUM, eps: float = TOR
     return {"momentum": keras_momentum_from_torch(momentum), "epsilon": float(eps), "center": affine, "scale": affine}
 
 
-def torch_batchnorm_kwargs(*, momentum: float = KERAS_MOMENTUM, epsilon: float = KERAS_EPSILON, center: bool = True, scale: bool = True) -> dict[str, Any]:
+def torch_batchnorm_kwargs(
+    *, momentum: float = KERAS_MOMENTUM, epsilon: float = KERAS_EPSILON, center: bool = True, scale: bool = True
+) -> dict[str, Any]:
     """Arguments of ``torch.nn.BatchNorm2d`` (or 1d) that match a Keras ``BatchNormalization`` built with these.
 
     Raises:

@@ -107,10 +107,14 @@ def model_a(*, batch_norm: bool = True, placement: str = "after", seed: int | No
     bn = [layers.BatchNormalization()] if batch_norm else []
     stack = [
         keras.Input(shape=(28, 28, 1)),
-        *_linear_bn_relu(keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement),
+        *_linear_bn_relu(
+            keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement
+        ),
         layers.MaxPooling2D((2, 2)),
         *bn,
-        *_linear_bn_relu(keras, lambda activation: layers.Conv2D(64, (3, 3), activation=activation), batch_norm, placement),
+        *_linear_bn_relu(
+            keras, lambda activation: layers.Conv2D(64, (3, 3), activation=activation), batch_norm, placement
+        ),
         layers.MaxPooling2D((2, 2)),
         *([layers.BatchNormalization()] if batch_norm else []),
         layers.Flatten(),
@@ -141,8 +145,12 @@ def model_b(*, batch_norm: bool = True, placement: str = "after", seed: int | No
     layers = keras.layers
     stack = [
         keras.Input(shape=(28, 28, 1)),
-        *_linear_bn_relu(keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement),
-        *_linear_bn_relu(keras, lambda activation: layers.Conv2D(64, (3, 3), activation=activation), batch_norm, placement),
+        *_linear_bn_relu(
+            keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement
+        ),
+        *_linear_bn_relu(
+            keras, lambda activation: layers.Conv2D(64, (3, 3), activation=activation), batch_norm, placement
+        ),
         layers.MaxPooling2D((2, 2)),
         layers.Flatten(),
         *_linear_bn_relu(keras, lambda activation: layers.Dense(128, activation=activation), batch_norm, placement),
@@ -194,7 +202,9 @@ def model_c_conv(*, batch_norm: bool = True, placement: str = "after", seed: int
     layers = keras.layers
     stack = [
         keras.Input(shape=(28, 28, 1)),
-        *_linear_bn_relu(keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement),
+        *_linear_bn_relu(
+            keras, lambda activation: layers.Conv2D(32, (3, 3), activation=activation), batch_norm, placement
+        ),
         layers.MaxPooling2D((2, 2)),
         layers.Flatten(),
         layers.Dense(10, activation="softmax"),

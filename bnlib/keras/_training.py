@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -136,15 +135,21 @@ def fit(
 
     x, y = _check_data("train", train)
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate >= 0:
-        raise ValueError(f"learning_rate must be a number >= 0, got {learning_rate!r}; the sources use Adam's default 1e-3")
+        raise ValueError(
+            f"learning_rate must be a number >= 0, got {learning_rate!r}; the sources use Adam's default 1e-3"
+        )
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     if val is not None and validation_split is not None:
         raise ValueError("pass either val=(images, labels) or validation_split=fraction, not both")
     if validation_split is not None:
-        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
+        if (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, numbers.Real)
+            or not 0 < validation_split < 1
+        ):
             raise ValueError(f"validation_split must be a fraction strictly between 0 and 1, got {validation_split!r}")
-        split_at = int(math.ceil(len(x) * (1.0 - float(validation_split))))  # Keras's own rule
+        split_at = math.ceil(len(x) * (1.0 - float(validation_split)))  # Keras's own rule
         if split_at == len(x):
             raise ValueError(f"validation_split={validation_split} of {len(x)} images leaves no validation image")
         val = (x[split_at:], y[split_at:])
@@ -170,13 +175,28 @@ def fit(
     )
     history = History()
     history.meta.update(
-        {"framework": "keras", "model": model.name, "seed": int(seed), "batch_size": batch_size, "device": tensorflow_device(),
-         "run_eagerly": bool(run_eagerly)}
+        {
+            "framework": "keras",
+            "model": model.name,
+            "seed": int(seed),
+            "batch_size": batch_size,
+            "device": tensorflow_device(),
+            "run_eagerly": bool(run_eagerly),
+        }
     )
     history.meta.update(meta or {})
     recorder = _recorder(keras, history, n_train=len(x), batch_size=batch_size, epochs=epochs, progress=progress)
     try:
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=val, shuffle=shuffle, verbose=0, callbacks=[recorder])
+        model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=val,
+            shuffle=shuffle,
+            verbose=0,
+            callbacks=[recorder],
+        )
     finally:
         recorder.close()
     return history

@@ -244,7 +244,7 @@ def _is_torch_batch_norm(module: nn.Module) -> bool:
     return is_batchnorm(module)
 
 
-def _torch_layout(model: nn.Module) -> tuple[list[str], list[nn.Module]]:  # noqa: PLR0912 (one branch per layer type)
+def _torch_layout(model: nn.Module) -> tuple[list[str], list[nn.Module]]:
     """The layer kinds of a LeNet5 (``conv``, ``bn``, ``act:tanh``, ``pool:avg``, ...) and the modules with weights."""
     from bnlib.models import LeNet5
 
@@ -291,7 +291,7 @@ def _torch_layout(model: nn.Module) -> tuple[list[str], list[nn.Module]]:  # noq
     return kinds, weighted
 
 
-def _keras_layout(model: Any) -> tuple[list[str], list[Any]]:  # noqa: PLR0912 (one branch per layer type)
+def _keras_layout(model: Any) -> tuple[list[str], list[Any]]:
     """The same kinds for a Keras model (fused activations count as a separate ``act:`` entry)."""
     _, keras = require_keras()
     if not isinstance(model, keras.Model):

@@ -21,7 +21,7 @@ __all__ = ["NoisyBatchNorm"]
 
 
 class NoisyBatchNorm(nn.Module):
-    """A normalization layer followed by random, time-varying scale and shift (training mode only).
+    r"""A normalization layer followed by random, time-varying scale and shift (training mode only).
 
     Paper: S. Santurkar, D. Tsipras, A. Ilyas, A. Madry, "How does batch
     normalization help optimization?", NeurIPS 2018 (arXiv 1805.11604), section 2.1.
@@ -84,7 +84,9 @@ class NoisyBatchNorm(nn.Module):
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer (the channels C), got {num_features!r}")
         if not isinstance(mean_range, (int, float)) or isinstance(mean_range, bool) or not mean_range >= 0:
-            raise ValueError(f"mean_range must be a number >= 0 (shifts are drawn from U(-mean_range, mean_range)), got {mean_range!r}")
+            raise ValueError(
+                f"mean_range must be a number >= 0 (shifts are drawn from U(-mean_range, mean_range)), got {mean_range!r}"
+            )
         if (
             not isinstance(scale_range, (tuple, list))
             or len(scale_range) != 2
@@ -103,7 +105,9 @@ class NoisyBatchNorm(nn.Module):
             if not isinstance(self.norm, nn.Module):
                 raise TypeError(f"norm({num_features}) must return an nn.Module, got {type(self.norm).__name__}")
         else:
-            raise TypeError(f"norm must be a callable num_features -> nn.Module (e.g. nn.BatchNorm1d) or None, got {type(norm).__name__}")
+            raise TypeError(
+                f"norm must be a callable num_features -> nn.Module (e.g. nn.BatchNorm1d) or None, got {type(norm).__name__}"
+            )
         self.num_features = num_features
         self.mean_range = float(mean_range)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))

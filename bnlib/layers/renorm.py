@@ -159,7 +159,9 @@ class BatchRenorm(nn.Module):
     def r_max(self, value: float) -> None:
         value = _check_positive("r_max", value)
         if value < 1:
-            raise ValueError(f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {value}; r_max=1 is plain batch norm")
+            raise ValueError(
+                f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {value}; r_max=1 is plain batch norm"
+            )
         self._r_max = value
 
     @property
@@ -180,7 +182,9 @@ class BatchRenorm(nn.Module):
         check_input(x, repr(self), num_features=self.num_features, dtype=self.running_mean.dtype)
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
         if not self.training:
-            return affine((x - self.running_mean.reshape(shape)) / self.running_std.reshape(shape), self.weight, self.bias)
+            return affine(
+                (x - self.running_mean.reshape(shape)) / self.running_std.reshape(shape), self.weight, self.bias
+            )
         count = x.numel() // self.num_features
         if count < 2:
             raise ValueError(
@@ -280,11 +284,12 @@ class RenormWarmup:
         """
         layers = [m for m in model.modules() if isinstance(m, BatchRenorm)]
         if not layers:
-            raise ValueError(f"RenormWarmup.attach found no BatchRenorm layer in {type(model).__name__}; nothing to schedule")
+            raise ValueError(
+                f"RenormWarmup.attach found no BatchRenorm layer in {type(model).__name__}; nothing to schedule"
+            )
 
         def hook(layer: nn.Module, _inputs: object) -> None:
             if layer.training:
                 layer.r_max, layer.d_max = self(int(layer.num_batches_tracked))
 
         return [layer.register_forward_pre_hook(hook) for layer in layers]
-

@@ -107,7 +107,9 @@ def add_weight_norm(module: nn.Module, name: str = "weight", *, dim: int | None 
             "pass name= one of them"
         )
     if dim is not None and not -param.ndim <= dim < param.ndim:
-        raise ValueError(f"dim={dim} is out of range for {name} of shape {tuple(param.shape)}; use 0 <= dim < {param.ndim} or None")
+        raise ValueError(
+            f"dim={dim} is out of range for {name} of shape {tuple(param.shape)}; use 0 <= dim < {param.ndim} or None"
+        )
     # unsafe=True: right_inverse returns two tensors (g, v) for one weight, as PyTorch's own weight_norm does.
     parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)
     return module
@@ -129,7 +131,9 @@ def apply_weight_norm(
     """
     layers = [m for m in model.modules() if isinstance(m, types) and not parametrize.is_parametrized(m, "weight")]
     if not layers:
-        raise ValueError(f"apply_weight_norm found no {', '.join(t.__name__ for t in types)} layer to normalize in {type(model).__name__}")
+        raise ValueError(
+            f"apply_weight_norm found no {', '.join(t.__name__ for t in types)} layer to normalize in {type(model).__name__}"
+        )
     for layer in layers:
         add_weight_norm(layer, "weight", dim=0)
     return model
