@@ -1,0 +1,547 @@
+"""The mathematics of normalization layers as pure functions.
+
+One idea serves every normalization in the book: take the mean and variance
+of the activations over some axes, subtract the mean, divide by the square
+root of the variance plus a small ``eps``, then scale by ``gamma`` and shift
+by ``beta``. Batch, layer, instance and group normalization differ **only in
+the axes they reduce over** (Wu and He 2018, figure 2). For an input of shape
+(N, C, H, W):
+
+============  ==========================================  =================
+method        statistics taken over                       ``moments`` dims
+============  ==========================================  =================
+batch norm    (N, H, W), one pair per channel             ``(0, 2, 3)``
+layer norm    (C, H, W), one pair per sample              ``(1, 2, 3)``
+instance norm (H, W), one pair per sample and channel     ``(2, 3)``
+group norm    (C/G, H, W) after reshaping to (N, G, C/G,  ``(2, 3, 4)``
+              H, W), one pair per sample and group
+============  ==========================================  =================
+
+This module has two halves:
+
+* a **NumPy reference** of batch norm, forward and backward, written to be
+  read next to the paper (Ioffe and Szegedy 2015, Algorithm 1):
+  :func:`batch_norm_forward` and :func:`batch_norm_backward`;
+* the **torch helpers** every layer in :mod:`bnlib.layers` is built from:
+  :func:`moments` (two-pass mean and variance), :func:`normalize`,
+  :func:`affine`, :func:`update_running_` (the momentum update of running
+  statistics), :func:`check_input` (the shared error messages), and the
+  functional forms :func:`batch_norm`, :func:`layer_norm`,
+  :func:`instance_norm` and :func:`group_norm`. They are plain tensor
+  operations, so autograd differentiates them and they run on any device.
+
+Variance is always computed in two passes, ``mean((x - mean(x))**2)``, never
+as ``E[x**2] - E[x]**2``: the latter cancels catastrophically when the mean
+is large relative to the spread (it can even come out negative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily so that NumPy users never pay for it
+    import torch
+
+__all__ = [
+    # NumPy reference
+    "batch_norm_forward",
+    "batch_norm_backward",
+    # torch helpers shared by every norm layer
+    "batch_norm_dims",
+    "moments",
+    "normalize",
+    "affine",
+    "update_running_",
+    "check_input",
+    "check_finite_statistics",
+    # torch functional forms
+    "batch_norm",
+    "layer_norm",
+    "instance_norm",
+    "group_norm",
+]
+
+Dims = int | Sequence[int]
+
+
+# --------------------------------------------------------------------------
+# NumPy reference: batch norm forward and backward
+# --------------------------------------------------------------------------
+
+
+def _np_batch_axes(x: np.ndarray, name: str) -> tuple[int, ...]:
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} expects an (N, D) or (N, C, H, W) array, got shape {x.shape}; "
+            "add a batch axis with x[None] if this is a single example"
+        )
+    return (0, *range(2, x.ndim))
+
+
+def batch_norm_forward(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, dict[str, Any]]:
+    r"""Batch normalization in training mode, in NumPy (the reference implementation).
+
+    Ioffe and Szegedy (2015), Algorithm 1. With :math:`m` values per feature
+    (``m = N`` for (N, D) input, ``m = N*H*W`` per channel for (N, C, H, W)):
+
+    .. math::
+
+        \mu = \frac1m \sum_i x_i,\quad
+        \sigma^2 = \frac1m \sum_i (x_i - \mu)^2,\quad
+        \hat x_i = \frac{x_i - \mu}{\sqrt{\sigma^2 + \epsilon}},\quad
+        y_i = \gamma \hat x_i + \beta.
+
+    The variance is the biased (population) one, computed in two passes.
+    Running statistics are not this function's business; see
+    :class:`bnlib.layers.BatchNorm`.
+
+    Args:
+        x: activations, shape (N, D) or (N, C, H, W) (any (N, C, ...) works).
+        gamma: scale, shape (D,) or (C,).
+        beta: shift, shape (D,) or (C,).
+        eps: added to the variance before the square root (PyTorch's default).
+
+    Returns:
+        ``(y, cache)``: ``y`` has the shape of ``x``; ``cache`` holds what
+        :func:`batch_norm_backward` needs (``xhat``, ``inv_std``, ``gamma``, ``axes``).
+
+    Raises:
+        ValueError: ``x`` has fewer than 2 dimensions, or ``gamma``/``beta``
+        do not have one entry per feature.
+
+    Example:
+        >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+        >>> y, cache = batch_norm_forward(x, np.ones(2), np.zeros(2), eps=0.0)
+        >>> y
+        array([[-1., -1.],
+               [ 1.,  1.]])
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"batch_norm_forward expects a floating-point array, got dtype {x.dtype}; use x.astype(float)")
+    axes = _np_batch_axes(x, "batch_norm_forward")
+    gamma, beta = np.asarray(gamma, dtype=x.dtype), np.asarray(beta, dtype=x.dtype)
+    if gamma.shape != (x.shape[1],) or beta.shape != (x.shape[1],):
+        raise ValueError(
+            f"gamma and beta must have shape ({x.shape[1]},), one entry per feature of x with shape {x.shape}; "
+            f"got {gamma.shape} and {beta.shape}"
+        )
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # broadcast per feature: (1, C, 1, 1)
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = (centered**2).mean(axis=axes, keepdims=True)  # two-pass, biased
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = centered * inv_std
+    y = gamma.reshape(shape) * xhat + beta.reshape(shape)
+    cache = {"xhat": xhat, "inv_std": inv_std, "gamma": gamma.reshape(shape), "axes": axes}
+    return y, cache
+
+
+def batch_norm_backward(dy: np.ndarray, cache: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`batch_norm_forward` (training mode), in NumPy.
+
+    The compact per-feature form, with sums over the ``m`` values of one
+    feature (the batch axis, plus H and W for images):
+
+    .. math::
+
+        \frac{\partial L}{\partial\beta} = \sum_i dy_i,\quad
+        \frac{\partial L}{\partial\gamma} = \sum_i dy_i\,\hat x_i,\quad
+        \frac{\partial L}{\partial x_i} = \frac{\gamma}{m\sqrt{\sigma^2+\epsilon}}
+        \Big(m\,dy_i - \frac{\partial L}{\partial\beta} - \hat x_i \frac{\partial L}{\partial\gamma}\Big).
+
+    The two subtracted terms are the gradient flowing through the batch mean
+    and the batch variance: they remove from ``dy`` its mean and its
+    component along ``xhat``, so ``dx`` sums to zero and is orthogonal to ``xhat``
+    per feature.
+
+    Args:
+        dy: upstream gradient, the shape of ``y``.
+        cache: the second value returned by :func:`batch_norm_forward`.
+
+    Returns:
+        ``(dx, dgamma, dbeta)`` with shapes ``x.shape``, (C,), (C,).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(8, 3))
+        >>> y, cache = batch_norm_forward(x, np.ones(3), np.zeros(3))
+        >>> dx, dgamma, dbeta = batch_norm_backward(np.ones_like(y), cache)
+        >>> bool(np.allclose(dx, 0)), dbeta   # a constant upstream gradient is absorbed by the mean
+        (True, array([8., 8., 8.]))
+    """
+    dy = np.asarray(dy)
+    xhat, inv_std, gamma, axes = cache["xhat"], cache["inv_std"], cache["gamma"], cache["axes"]
+    if dy.shape != xhat.shape:
+        raise ValueError(f"dy must have the shape of the forward input {xhat.shape}, got {dy.shape}")
+    m = xhat.size // xhat.shape[1]
+    dbeta = dy.sum(axis=axes, keepdims=True)
+    dgamma = (dy * xhat).sum(axis=axes, keepdims=True)
+    dx = gamma * inv_std / m * (m * dy - dbeta - xhat * dgamma)
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
+
+
+# --------------------------------------------------------------------------
+# torch helpers shared by every normalization layer
+# --------------------------------------------------------------------------
+
+
+def batch_norm_dims(ndim: int) -> tuple[int, ...]:
+    """The dims batch norm reduces over for an ``ndim``-D input (N, C, *): all but the channel dim 1.
+
+    Example:
+        >>> batch_norm_dims(2), batch_norm_dims(4)
+        ((0,), (0, 2, 3))
+    """
+    if ndim < 2:
+        raise ValueError(f"batch norm needs at least 2 dims (N, C), got ndim={ndim}")
+    return (0, *range(2, ndim))
+
+
+def moments(
+    x: torch.Tensor, dims: Dims, *, unbiased: bool = False, keepdim: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean and variance of ``x`` over ``dims``, in two passes.
+
+    The statistics helper every normalization uses; batch, layer, instance
+    and group norm differ only in ``dims`` (see the table in the module
+    docstring). ``var = sum((x - mean)**2) / (m - 1 if unbiased else m)``
+    where ``m`` is the number of values reduced over.
+
+    Normalization uses the biased (``unbiased=False``) variance; PyTorch's
+    running variance uses the unbiased one (:func:`update_running_` callers
+    pass ``unbiased=True`` or rescale by ``m / (m - 1)``).
+
+    Args:
+        x: any floating tensor.
+        dims: dim or dims to reduce over (negative values allowed).
+        unbiased: divide by ``m - 1`` instead of ``m`` (Bessel's correction).
+        keepdim: keep reduced dims with size 1 so the results broadcast against ``x``.
+
+    Returns:
+        ``(mean, var)``, each of ``x``'s dtype and device.
+
+    Raises:
+        ValueError: ``unbiased=True`` with a single value to reduce over.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+        >>> mean, var = moments(x, 0)                 # per column, as batch norm on (N, D)
+        >>> mean, var
+        (tensor([[2., 4.]]), tensor([[1., 4.]]))
+        >>> moments(x, 1, keepdim=False)[0]            # per row, as layer norm
+        tensor([1.5000, 4.5000])
+    """
+    dims_t = (dims,) if isinstance(dims, int) else tuple(dims)
+    mean = x.mean(dim=dims_t, keepdim=True)
+    count = 1
+    for d in dims_t:
+        count *= x.shape[d]
+    if unbiased and count < 2:
+        raise ValueError(
+            f"the unbiased variance needs at least 2 values, got {count} over dims {dims_t} of shape {tuple(x.shape)}"
+        )
+    squares = (x - mean).square().sum(dim=dims_t, keepdim=keepdim)
+    var = squares / (count - 1 if unbiased else count)
+    if not keepdim:
+        mean = mean.reshape(var.shape)
+    return mean, var
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
+    r"""``(x - mean) / sqrt(var + eps)``: the step every normalization shares.
+
+    ``mean`` and ``var`` must broadcast against ``x`` (use ``keepdim=True``
+    in :func:`moments`, or reshape running statistics to (1, C, 1, ...)).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0], [3.0]])
+        >>> normalize(x, *moments(x, 0), eps=0.0)
+        tensor([[-1.],
+                [ 1.]])
+    """
+    # One multiply by 1/sqrt(var + eps) instead of a divide, as the frameworks do.
+    return (x - mean) * (var + eps).rsqrt()
+
+
+def affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, *, dim: int = 1) -> torch.Tensor:
+    """Scale by ``weight`` (gamma) and shift by ``bias`` (beta), each laid along ``x``'s dims from ``dim``.
+
+    A (C,) weight on an (N, C, H, W) input with ``dim=1`` (the default)
+    scales each channel; a (C, H, W) weight with ``dim=1`` scales each
+    element, as ``torch.nn.LayerNorm`` does. ``None`` skips that half.
+
+    Example:
+        >>> import torch
+        >>> x = torch.zeros(2, 3, 1, 1)
+        >>> affine(x, torch.ones(3), torch.tensor([1.0, 2.0, 3.0]))[0, :, 0, 0]
+        tensor([1., 2., 3.])
+    """
+    param = weight if weight is not None else bias
+    if param is None:
+        return x
+    dim = dim % x.ndim
+    shape = [1] * x.ndim
+    shape[dim : dim + param.ndim] = param.shape
+    if weight is not None:
+        x = x * weight.reshape(shape)
+    if bias is not None:
+        x = x + bias.reshape(shape)
+    return x
+
+
+def update_running_(running: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> torch.Tensor:
+    r"""In place: ``running = (1 - momentum) * running + momentum * batch_value``; returns ``running``.
+
+    PyTorch's convention: ``momentum`` is the weight of the **new** batch
+    (default 0.1). Keras's ``momentum`` is the weight of the **old** estimate
+    (default 0.99), so Keras ``momentum = 1 - torch momentum``. A cumulative
+    average (PyTorch's ``momentum=None``) is ``momentum = 1 / t`` at step ``t``.
+    Runs without recording gradients; ``batch_value`` is detached.
+
+    Example:
+        >>> import torch
+        >>> running = torch.zeros(2)
+        >>> update_running_(running, torch.tensor([1.0, 2.0]), momentum=0.1)
+        tensor([0.1000, 0.2000])
+    """
+    import torch
+
+    with torch.no_grad():
+        running.mul_(1.0 - momentum).add_(batch_value.detach().to(running.dtype), alpha=momentum)
+    return running
+
+
+def check_input(
+    x: Any,
+    layer: str,
+    *,
+    num_features: int | None = None,
+    min_ndim: int = 2,
+    expected: str = "(N, C) or (N, C, *)",
+    dtype: torch.dtype | None = None,
+    hint: str | None = None,
+) -> None:
+    """Raise a clear TypeError/ValueError unless ``x`` is a floating tensor of the expected layout.
+
+    The checks (shared by every layer in :mod:`bnlib.layers`): ``x`` is a
+    ``torch.Tensor``; it is floating point; it has at least ``min_ndim``
+    dims; dim 1 has ``num_features`` channels (when given); its dtype equals
+    the layer's parameter ``dtype`` (when given).
+
+    Args:
+        x: the layer's input.
+        layer: the layer's name for the message, e.g. ``"BatchNorm(16)"``.
+        num_features: the channel count expected at dim 1, or ``None``.
+        min_ndim: the fewest dims accepted.
+        expected: the accepted layouts, for the message.
+        dtype: the dtype of the layer's parameters/buffers, or ``None``.
+        hint: how to fix too few dims (default: add a batch axis, when one dim is missing).
+
+    Example:
+        >>> import torch
+        >>> check_input(torch.zeros(4, 3), "BatchNorm(3)", num_features=3)   # fine: returns None
+        >>> check_input(torch.zeros(4, 5), "BatchNorm(3)", num_features=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: BatchNorm(3) expected 3 channels at dim 1 of an (N, C) or (N, C, *) input, got shape (4, 5)...
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} expected a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor(x)")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer} expected a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
+    shape = tuple(x.shape)
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{layer} expected an {expected} input with at least {min_ndim} dims, got shape {shape}"
+            + (f"; {hint}" if hint else "; add a batch axis with x.unsqueeze(0)" if x.ndim == min_ndim - 1 else "")
+        )
+    if num_features is not None and shape[1] != num_features:
+        hint = (
+            "; for channels-last (N, H, W, C) images use x.permute(0, 3, 1, 2)"
+            if x.ndim == 4 and shape[-1] == num_features
+            else f"; build the layer with num_features={shape[1]} or check the preceding layer's output"
+        )
+        raise ValueError(
+            f"{layer} expected {num_features} channels at dim 1 of an {expected} input, got shape {shape}{hint}"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{layer} has {dtype} parameters but got a {x.dtype} input; "
+            f"convert one of them, e.g. layer.to({x.dtype}) or x.to({dtype})"
+        )
+
+
+def check_finite_statistics(mean: torch.Tensor, var: torch.Tensor, layer: str) -> None:
+    """Raise ValueError if a batch's statistics contain NaN or infinity (before they reach a running average).
+
+    A single NaN in the input makes its channel's mean NaN, so checking the
+    (C,)-sized statistics finds bad input at a fraction of the cost of
+    scanning ``x``. It does synchronize a GPU once per call.
+
+    Example:
+        >>> import torch
+        >>> check_finite_statistics(torch.tensor([0.0, float("nan")]), torch.ones(2), "BatchNorm(2)")
+        Traceback (most recent call last):
+        ...
+        ValueError: BatchNorm(2): the batch statistics of channel(s) [1] are NaN or infinite...
+    """
+    import torch
+
+    bad = ~(torch.isfinite(mean) & torch.isfinite(var))
+    if bool(bad.any()):
+        channels = torch.nonzero(bad.reshape(-1)).reshape(-1).tolist()
+        shown = channels[:10] + (["..."] if len(channels) > 10 else [])
+        raise ValueError(
+            f"{layer}: the batch statistics of channel(s) {shown} are NaN or infinite, so the input holds NaN or "
+            "infinite values (or overflows its dtype); the running statistics were NOT updated. Find where the "
+            "non-finite values come from (torch.isfinite(x).all()), e.g. a too-large learning rate"
+        )
+
+
+# --------------------------------------------------------------------------
+# torch functional forms: the layers in bnlib.layers call these
+# --------------------------------------------------------------------------
+
+
+def batch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    check_finite: bool = True,
+    name: str = "batch_norm",
+) -> torch.Tensor:
+    r"""Batch normalization of an (N, C) or (N, C, *) tensor with tensor operations.
+
+    Ioffe and Szegedy (2015). In training (or when there are no running
+    statistics) the input is normalized with the batch's own per-channel
+    mean and biased variance over (N, *), and the running statistics, if
+    given, are updated in place following PyTorch:
+    ``running_mean <- (1 - momentum) running_mean + momentum * mean`` and the
+    same for ``running_var`` with the **unbiased** batch variance. In
+    evaluation with running statistics they replace the batch statistics.
+
+    Args:
+        x: input (N, C) or (N, C, *).
+        weight: gamma, shape (C,), or ``None``.
+        bias: beta, shape (C,), or ``None``.
+        running_mean: (C,) buffer updated in place, or ``None``.
+        running_var: (C,) buffer (unbiased variance) updated in place, or ``None``.
+        training: use (and record) batch statistics.
+        momentum: weight of the new batch in the running averages.
+        eps: added to the variance.
+        check_finite: in training, raise ValueError on NaN/inf batch
+            statistics before the running averages are touched.
+        name: how error messages name the caller, e.g. ``"BatchNorm(16)"``.
+
+    Raises:
+        ValueError: batch statistics are needed but there is one value per channel.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+        >>> batch_norm(x, eps=0.0)
+        tensor([[-1., -1.],
+                [ 1.,  1.]])
+    """
+    dims = batch_norm_dims(x.ndim)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
+    use_batch_stats = training or running_mean is None or running_var is None
+    if use_batch_stats:
+        count = x.numel() // x.shape[1] if x.shape[1] else 0
+        if count < 2:
+            fix = (
+                "call .eval() to use the running statistics"
+                if running_mean is not None and running_var is not None
+                else "there are no running statistics to fall back on (track_running_stats=False)"
+            )
+            raise ValueError(
+                f"{name}: batch statistics need more than 1 value per channel, got input shape {tuple(x.shape)} "
+                f"({count} value(s) per channel); use a batch of 2 or more, or {fix}"
+            )
+        mean, var = moments(x, dims)
+        if check_finite and training:
+            check_finite_statistics(mean, var, name)
+        if training and running_mean is not None and running_var is not None:
+            update_running_(running_mean, mean.reshape(-1), momentum)
+            update_running_(running_var, var.reshape(-1) * (count / (count - 1)), momentum)
+    else:
+        mean, var = running_mean.reshape(shape), running_var.reshape(shape)
+    return affine(normalize(x, mean, var, eps), weight, bias)
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *, eps: float = 1e-5
+) -> torch.Tensor:
+    r"""Layer normalization (Ba et al. 2016): each sample over all of (C, *), per-channel affine.
+
+    The same computation in training and evaluation: no running statistics.
+
+    Example:
+        >>> import torch
+        >>> layer_norm(torch.tensor([[1.0, 3.0], [0.0, 10.0]]), eps=0.0)
+        tensor([[-1.,  1.],
+                [-1.,  1.]])
+    """
+    mean, var = moments(x, tuple(range(1, x.ndim)))
+    return affine(normalize(x, mean, var, eps), weight, bias)
+
+
+def instance_norm(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *, eps: float = 1e-5
+) -> torch.Tensor:
+    r"""Instance normalization (Ulyanov et al. 2016): each sample and channel over the spatial dims (*).
+
+    Example:
+        >>> import torch
+        >>> instance_norm(torch.tensor([[[1.0, 3.0], [5.0, 9.0]]]), eps=0.0)   # (N=1, C=2, L=2)
+        tensor([[[-1.,  1.],
+                 [-1.,  1.]]])
+    """
+    mean, var = moments(x, tuple(range(2, x.ndim)))
+    return affine(normalize(x, mean, var, eps), weight, bias)
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    r"""Group normalization (Wu and He 2018): each sample over (C/G, *) within each of G channel groups.
+
+    Reshapes (N, C, *) to (N, G, C/G, *) and reduces over all dims after the
+    group dim. ``num_groups=1`` is layer norm; ``num_groups=C`` is instance norm.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 3.0, 0.0, 10.0]])      # (N=1, C=4), two groups of two
+        >>> group_norm(x, 2, eps=0.0)
+        tensor([[-1.,  1., -1.,  1.]])
+    """
+    n, c = x.shape[0], x.shape[1]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(
+            f"group norm: num_channels={c} is not divisible by num_groups={num_groups}; "
+            f"choose num_groups among the divisors of {c}"
+        )
+    grouped = x.reshape(n, num_groups, -1)  # (N, G, C/G * prod(*))
+    mean, var = moments(grouped, 2)
+    return affine(normalize(grouped, mean, var, eps).reshape(x.shape), weight, bias)

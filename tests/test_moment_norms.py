@@ -1,0 +1,222 @@
+"""LayerNorm, InstanceNorm and GroupNorm against torch.nn; their relations to each other; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from bnlib.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm
+
+SETTINGS = settings(max_examples=20, deadline=None)
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    return {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-9}
+
+
+def randomize(*layers: nn.Module) -> None:
+    for layer in layers:
+        if getattr(layer, "weight", None) is not None:
+            with torch.no_grad():
+                layer.weight.normal_()
+                layer.bias.normal_()
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """Compare with rounding errors judged relative to the largest entry, not entry by entry.
+
+    Gradients scale like 1/sigma and cancel within a group (few values, small spread: ill-conditioned).
+    """
+    tol = tolerance(dtype)
+    torch.testing.assert_close(
+        actual, expected, atol=tol["atol"] + tol["rtol"] * expected.abs().max().item(), rtol=tol["rtol"]
+    )
+
+
+def assert_same_function(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> None:
+    """Outputs and gradients (input, weight, bias) agree."""
+    tol = tolerance(x.dtype)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    torch.testing.assert_close(y_ours, y_theirs, **tol)
+    upstream = torch.randn_like(y_ours)
+    y_ours.backward(upstream)
+    y_theirs.backward(upstream)
+    close(x_ours.grad, x_theirs.grad, x.dtype)
+    if getattr(ours, "weight", None) is not None:
+        # torch.nn.LayerNorm([C, H, W]) has an elementwise weight: sum its gradient over (H, W).
+        reduce = tuple(range(1, theirs.weight.ndim))
+        close(ours.weight.grad, theirs.weight.grad.sum(reduce) if reduce else theirs.weight.grad, x.dtype)
+        close(ours.bias.grad, theirs.bias.grad.sum(reduce) if reduce else theirs.bias.grad, x.dtype)
+
+
+@st.composite
+def images(draw, min_ndim=2):
+    ndim = draw(st.sampled_from([d for d in (2, 3, 4) if d >= min_ndim]))
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    spatial = tuple(draw(st.integers(2 if min_ndim > 2 else 1, 4)) for _ in range(ndim - 2))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))  # reproducible from hypothesis's report
+    return torch.randn(n, c, *spatial, dtype=dtype, generator=generator) * draw(st.sampled_from([0.1, 3.0])) + 1
+
+
+@SETTINGS
+@given(x=images())
+def test_layer_norm_equals_torch(x):
+    c = x.shape[1]
+    if x[0].numel() < 2:
+        return
+    ours = LayerNorm(c, dtype=x.dtype)
+    randomize(ours)
+    # torch's LayerNorm over (C, *) with an elementwise weight that is constant over (*): ours exactly.
+    theirs = nn.LayerNorm(tuple(x.shape[1:]), dtype=x.dtype)
+    with torch.no_grad():
+        view = (c,) + (1,) * (x.ndim - 2)
+        theirs.weight.copy_(ours.weight.reshape(view).expand(theirs.weight.shape))
+        theirs.bias.copy_(ours.bias.reshape(view).expand(theirs.bias.shape))
+    assert_same_function(ours, theirs, x)
+    fresh, group_of_one = LayerNorm(c, dtype=x.dtype), nn.GroupNorm(1, c, dtype=x.dtype)
+    fresh.load_state_dict(ours.state_dict())  # fresh gradients for a second comparison
+    group_of_one.load_state_dict(ours.state_dict())
+    assert_same_function(fresh, group_of_one, x)
+
+
+@SETTINGS
+@given(x=images(min_ndim=3))
+def test_instance_norm_equals_torch(x):
+    c = x.shape[1]
+    ours = InstanceNorm(c, dtype=x.dtype)
+    randomize(ours)
+    theirs = (nn.InstanceNorm1d if x.ndim == 3 else nn.InstanceNorm2d)(c, affine=True, dtype=x.dtype)
+    theirs.load_state_dict(ours.state_dict())
+    assert_same_function(ours, theirs, x)
+    plain = InstanceNorm(c, affine=False, dtype=x.dtype)
+    torch.testing.assert_close(
+        plain(x), nn.InstanceNorm2d(c)(x) if x.ndim == 4 else nn.InstanceNorm1d(c)(x), **tolerance(x.dtype)
+    )
+
+
+@SETTINGS
+@given(x=images(), data=st.data())
+def test_group_norm_equals_torch(x, data):
+    c = x.shape[1]
+    groups = data.draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+    if x[0].numel() // groups < 2:
+        return
+    ours = GroupNorm(groups, c, dtype=x.dtype)
+    randomize(ours)
+    theirs = nn.GroupNorm(groups, c, dtype=x.dtype)
+    theirs.load_state_dict(ours.state_dict())
+    assert_same_function(ours, theirs, x)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 4, 4), (2, 6, 5)])
+def test_group_norm_extremes_are_layer_and_instance_norm(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 2 + 3
+    g1, layer = GroupNorm(1, 6), LayerNorm(6)
+    gc, instance = GroupNorm(6, 6), InstanceNorm(6)
+    randomize(g1, gc)
+    layer.load_state_dict(g1.state_dict())
+    instance.load_state_dict(gc.state_dict())
+    torch.testing.assert_close(g1(x), layer(x))
+    torch.testing.assert_close(gc(x), instance(x))
+    # ...and layer norm over (C, H, W) is torch's LayerNorm over (C, H, W) when gamma, beta are default.
+    torch.testing.assert_close(LayerNorm(6)(x), nn.LayerNorm(shape[1:])(x), atol=1e-5, rtol=1e-4)
+
+
+def test_batch_independence_and_no_mode_difference():
+    torch.manual_seed(1)
+    x = torch.randn(5, 4, 3, 3)
+    for layer in (LayerNorm(4), InstanceNorm(4), GroupNorm(2, 4)):
+        full = layer(x)
+        torch.testing.assert_close(layer(x[:1]), full[:1])  # a batch of one: the same answer per sample
+        torch.testing.assert_close(layer.eval()(x), full)  # evaluation computes the same function
+        assert not list(layer.buffers())
+
+
+def test_all_norms_share_the_helpers_and_differ_only_in_axes():
+    # The axes claim of the docstrings, checked: each layer equals normalizing over its dims.
+    from bnlib.functional import moments, normalize
+
+    x = torch.randn(4, 6, 3, 3)
+    grouped = x.reshape(4, 3, 2, 3, 3)
+    expected = {
+        "batch": normalize(x, *moments(x, (0, 2, 3)), 1e-5),
+        "layer": normalize(x, *moments(x, (1, 2, 3)), 1e-5),
+        "instance": normalize(x, *moments(x, (2, 3)), 1e-5),
+        "group": normalize(grouped, *moments(grouped, (2, 3, 4)), 1e-5).reshape(x.shape),
+    }
+    layers = {"batch": BatchNorm(6), "layer": LayerNorm(6), "instance": InstanceNorm(6), "group": GroupNorm(3, 6)}
+    for name, layer in layers.items():
+        torch.testing.assert_close(layer(x), expected[name], msg=name)
+
+
+@pytest.mark.parametrize("layer", [LayerNorm(3), InstanceNorm(3), GroupNorm(3, 3)], ids=["layer", "instance", "group"])
+def test_gradcheck_float64(layer):
+    torch.manual_seed(2)
+    layer = layer.double()
+    randomize(layer)
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    weight = layer.weight.detach().clone().requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,)), (x, weight, bias)
+    )
+
+
+def test_group_norm_divisibility_error_names_both_numbers():
+    with pytest.raises(ValueError, match=r"num_channels=6 is not divisible by num_groups=4.*\[1, 2, 3, 6\]"):
+        GroupNorm(4, 6)
+    with pytest.raises(ValueError, match="num_groups must be a positive integer"):
+        GroupNorm(0, 6)
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "error", "message"),
+    [
+        (LayerNorm(3), torch.randn(3), ValueError, r"got shape \(3,\); add a batch axis"),
+        (LayerNorm(3), torch.randn(2, 4), ValueError, r"LayerNorm\(3\) expected 3 channels at dim 1"),
+        (LayerNorm(1), torch.randn(2, 1), ValueError, "more than 1 value per sample"),
+        (
+            InstanceNorm(3),
+            torch.randn(4, 3),
+            ValueError,
+            (
+                r"\(N, C, L\) or \(N, C, H, W\) input with at least 3 dims, got shape \(4, 3\); "
+                "instance norm needs spatial axes"
+            ),
+        ),
+        (InstanceNorm(3), torch.randn(4, 3, 1, 1), ValueError, "more than 1 spatial position per channel"),
+        (GroupNorm(3, 3), torch.randn(4, 3), ValueError, "more than 1 value per group.*use fewer groups"),
+        (
+            GroupNorm(1, 3),
+            torch.ones(2, 3, dtype=torch.int32),
+            TypeError,
+            "floating-point tensor, got dtype torch.int32",
+        ),
+        (
+            GroupNorm(1, 3),
+            torch.ones(2, 3, dtype=torch.float64),
+            TypeError,
+            "float32 parameters but got a torch.float64",
+        ),
+        (InstanceNorm(3), [[1.0]], TypeError, "expected a torch.Tensor, got list"),
+    ],
+)
+def test_bad_input_is_explained(layer, x, error, message):
+    with pytest.raises(error, match=message):
+        layer(x)
+
+
+def test_constructor_arguments_and_repr():
+    with pytest.raises(ValueError, match="num_features must be a positive integer"):
+        LayerNorm(0)
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        InstanceNorm(3, eps=-1.0)
+    assert repr(GroupNorm(2, 4)) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
+    assert GroupNorm(2, 4).num_features == 4
+    assert LayerNorm(3, affine=False).weight is None and not list(LayerNorm(3, affine=False).parameters())
