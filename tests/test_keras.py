@@ -383,3 +383,14 @@ def test_evaluate_matches_keras(tiny):
     got = bk.evaluate(model, (x, y))
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4)
     assert got["accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def test_evaluate_batch_size_changes_memory_not_the_result(tiny):
+    bk.require_keras()
+    _, (x, y) = tiny
+    model = bk.model_c_conv(seed=2)
+    whole = bk.evaluate(model, (x, y), batch_size=len(x))
+    assert bk.evaluate(model, (x, y), batch_size=3) == pytest.approx(whole, rel=1e-5)
+    assert bk.evaluate(model, (x, y)) == pytest.approx(whole, rel=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        bk.evaluate(model, (x, y), batch_size=0)

@@ -42,10 +42,13 @@ REPORT = ROOT / "_build" / "reader_paths.json"
 BINDER_LIMIT = 2 * 10**9  # mybinder.org: 2 GB per user session, kernel and notebook server together
 SERVER_ALLOWANCE = 200 * 2**20  # what the Jupyter server takes beside the kernel
 # Known to exceed the budget, with the ceiling it must not pass (so it cannot grow unnoticed).
-# 04_keras_cnns loads torch (its PyTorch comparisons) and TensorFlow side by side: measured here with
-# the CUDA build of torch (the only build installable on this machine; Binder installs the smaller CPU
-# build), its kernel peaks at about 1.94 GiB. Open: see issue 9's closing note.
-KNOWN_OVER_BUDGET = {"04_keras_cnns": 2100 * 2**20}
+# 04_keras_cnns loads torch (its PyTorch comparisons) and TensorFlow side by side. Measured here with
+# the CUDA build of torch (the only build installable on this machine; `import torch` alone takes
+# 507 MiB of it, and Binder installs the smaller CPU build): its kernel peaked at 1.94-2.03 GiB until
+# bnlib.keras.evaluate predicted in batches of 250 instead of 1,000; now about 1.7 GiB, at the edge of
+# the budget (2 GB less the server's allowance), with run-to-run spread of about 0.1 GiB, so it stays
+# listed, with a ceiling it must not pass (so it cannot grow unnoticed). Open: see issue 9's note.
+KNOWN_OVER_BUDGET = {"04_keras_cnns": 1850 * 2**20}
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("BNLIB_PATHS_TEST") != "1", reason="fresh-environment reader paths: run `make paths-test`"
@@ -318,7 +321,12 @@ def test_binder_requirements_install_and_every_chapter_fits_in_2_gb(tmp_path: Pa
             if peak > KNOWN_OVER_BUDGET[chapter.stem]:
                 over.append(f"{chapter.stem} (known over budget, and now past its ceiling)")
             else:
-                print(f"[paths] KNOWN OVER BINDER BUDGET: {chapter.stem} kernel peak {peak >> 20} MiB")
+                within = peak + SERVER_ALLOWANCE <= BINDER_LIMIT
+                print(
+                    f"[paths] LISTED IN KNOWN_OVER_BUDGET: {chapter.stem} kernel peak {peak >> 20} MiB "
+                    f"(budget {(BINDER_LIMIT - SERVER_ALLOWANCE) >> 20} MiB: {'within' if within else 'over'} it this run; "
+                    f"ceiling {KNOWN_OVER_BUDGET[chapter.stem] >> 20} MiB)"
+                )
         elif peak + SERVER_ALLOWANCE > BINDER_LIMIT:
             over.append(chapter.stem)
     assert not failed, "chapters failed on the Binder path:\n" + "\n\n".join(failed)
