@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bnlib.functional import batch_norm, check_input
+from bnlib.layers._state import register_affine, register_running_stats
 
 __all__ = ["BatchNorm"]
 
@@ -111,21 +112,8 @@ class BatchNorm(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        register_affine(self, num_features, affine, device, dtype)
+        register_running_stats(self, num_features, track_running_stats, device, dtype)
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, step count 0 (as after construction)."""

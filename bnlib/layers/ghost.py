@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bnlib.functional import affine, check_finite_statistics, check_input, moments, normalize
+from bnlib.layers._state import register_affine, register_running_stats
 
 __all__ = ["GhostBatchNorm"]
 
@@ -96,16 +97,8 @@ class GhostBatchNorm(nn.Module):
         self.eps = float(eps)
         self.momentum = momentum
         self.affine = affine
-        kw = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **kw))
-            self.bias = nn.Parameter(torch.zeros(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
-        self.register_buffer("running_var", torch.ones(num_features, **kw))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        register_affine(self, num_features, affine, device, dtype)
+        register_running_stats(self, num_features, True, device, dtype)
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, counter 0."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bnlib.functional import check_input, group_norm, instance_norm, layer_norm
+from bnlib.layers._state import register_affine
 
 __all__ = ["LayerNorm", "InstanceNorm", "GroupNorm"]
 
@@ -46,13 +47,7 @@ class _ChannelAffine(nn.Module):
         super().__init__()
         self.eps = _positive_eps(eps)
         self.affine = affine
-        factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_channels, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_channels, affine, device, dtype)
 
     def reset_parameters(self) -> None:
         """Set gamma to 1 and beta to 0."""

@@ -27,6 +27,7 @@ from bnlib.functional import (
     moments,
     update_running_,
 )
+from bnlib.layers._state import register_affine, register_running_stats
 
 __all__ = ["BatchRenorm", "RenormWarmup"]
 
@@ -137,16 +138,8 @@ class BatchRenorm(nn.Module):
         self.r_max = r_max
         self.d_max = d_max
         self.affine = affine
-        kw = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **kw))
-            self.bias = nn.Parameter(torch.zeros(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
-        self.register_buffer("running_std", torch.ones(num_features, **kw))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        register_affine(self, num_features, affine, device, dtype)
+        register_running_stats(self, num_features, True, device, dtype, spread="running_std")
         self.last_r = None
         self.last_d = None
 
