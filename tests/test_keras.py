@@ -321,6 +321,24 @@ def test_fit_fills_the_history_contract(tiny, contract_history):
     assert np.isnan(no_val.val_loss[0]) and len(no_val.batch_loss) == 2
 
 
+@pytest.mark.parametrize("n, fraction", [(1024, 0.2), (64, 0.25), (1000, 0.3), (7, 0.5), (60_000, 0.2)])
+def test_validation_split_sizes_follow_keras(n, fraction):
+    from keras.src.trainers.data_adapters.array_slicing import train_validation_split
+
+    x = np.arange(n)
+    kept, held_out = train_validation_split((x,), validation_split=fraction)
+    assert bk.validation_split_sizes(n, fraction) == (len(kept[0]), len(held_out[0]))
+
+
+def test_validation_split_sizes_refuse_empty_parts():
+    with pytest.raises(ValueError, match="no validation image"):
+        bk.validation_split_sizes(10, 1e-20)  # 1 - 1e-20 rounds to 1.0
+    with pytest.raises(ValueError, match="no training image"):
+        bk.validation_split_sizes(1, 0.5)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        bk.validation_split_sizes(10, 1.0)
+
+
 def test_fit_is_deterministic_for_a_seed(tiny, contract_history):
     train, _ = tiny
     again = bk.fit(bk.model_c_conv, train, **CONTRACT_RUN)

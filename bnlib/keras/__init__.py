@@ -47,7 +47,13 @@ from bnlib.keras._models import (
     model_c_dense,
     parameter_counts,
 )
-from bnlib.keras._training import EAGER_BELOW_STEPS, batch_losses_from_running_means, evaluate, fit
+from bnlib.keras._training import (
+    EAGER_BELOW_STEPS,
+    batch_losses_from_running_means,
+    evaluate,
+    fit,
+    validation_split_sizes,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -74,6 +80,7 @@ __all__ = [
     "layer_table",
     "fit",
     "evaluate",
+    "validation_split_sizes",
     "batch_losses_from_running_means",
     "EAGER_BELOW_STEPS",
     # bnlib.keras.porting, loaded on first use (it imports torch)

@@ -12,10 +12,35 @@ import numpy as np
 from bnlib.history import History
 from bnlib.keras._backend import require_keras, tensorflow_device
 
-__all__ = ["fit", "evaluate", "batch_losses_from_running_means", "EAGER_BELOW_STEPS"]
+__all__ = ["fit", "evaluate", "validation_split_sizes", "batch_losses_from_running_means", "EAGER_BELOW_STEPS"]
 
 #: Trainings with fewer optimizer steps than this run eagerly by default (see :func:`fit`).
 EAGER_BELOW_STEPS = 32
+
+
+def validation_split_sizes(n: int, validation_split: float) -> tuple[int, int]:
+    """How many of ``n`` images Keras trains on and holds out for ``validation_split``.
+
+    Keras 3 (``keras.src.trainers.data_adapters.array_slicing``) keeps the first
+    ``floor(n * (1 - validation_split))`` images for training and the rest for
+    validation, before any shuffling; :func:`fit` splits the same way.
+
+    Raises:
+        ValueError: ``validation_split`` is not strictly between 0 and 1, or
+            the split leaves no training or no validation image.
+
+    Example:
+        >>> validation_split_sizes(1024, 0.2), validation_split_sizes(60_000, 0.2)
+        ((819, 205), (48000, 12000))
+    """
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
+        raise ValueError(f"validation_split must be a fraction strictly between 0 and 1, got {validation_split!r}")
+    split_at = math.floor(n * (1.0 - float(validation_split)))
+    if split_at in (0, n):
+        raise ValueError(
+            f"validation_split={validation_split} of {n} images leaves no {'training' if split_at == 0 else 'validation'} image"
+        )
+    return split_at, n - split_at
 
 
 def batch_losses_from_running_means(running_means: Any, batch_sizes: Any) -> np.ndarray:
@@ -143,15 +168,7 @@ def fit(
     if val is not None and validation_split is not None:
         raise ValueError("pass either val=(images, labels) or validation_split=fraction, not both")
     if validation_split is not None:
-        if (
-            isinstance(validation_split, bool)
-            or not isinstance(validation_split, numbers.Real)
-            or not 0 < validation_split < 1
-        ):
-            raise ValueError(f"validation_split must be a fraction strictly between 0 and 1, got {validation_split!r}")
-        split_at = math.ceil(len(x) * (1.0 - float(validation_split)))  # Keras's own rule
-        if split_at == len(x):
-            raise ValueError(f"validation_split={validation_split} of {len(x)} images leaves no validation image")
+        split_at, _ = validation_split_sizes(len(x), validation_split)  # Keras's own rule: floor
         val = (x[split_at:], y[split_at:])
         x, y = x[:split_at], y[:split_at]
     if val is not None:
