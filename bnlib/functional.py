@@ -227,7 +227,9 @@ def moments(
         ``(mean, var)``, each of ``x``'s dtype and device.
 
     Raises:
-        ValueError: ``unbiased=True`` with a single value to reduce over.
+        ValueError: no dim to reduce over (``torch.mean(dim=())`` would
+            silently reduce over all of them), or ``unbiased=True`` with a
+            single value to reduce over.
 
     Example:
         >>> import torch
@@ -239,6 +241,11 @@ def moments(
         tensor([1.5000, 4.5000])
     """
     dims_t = (dims,) if isinstance(dims, int) else tuple(dims)
+    if not dims_t:
+        raise ValueError(
+            f"moments needs at least one dim to reduce over, got dims=() for shape {tuple(x.shape)}; "
+            "e.g. instance and group norm need spatial dims: pass (N, C, H, W), not (N, C)"
+        )
     mean = x.mean(dim=dims_t, keepdim=True)
     count = 1
     for d in dims_t:
@@ -537,7 +544,9 @@ def group_norm(
         tensor([[-1.,  1., -1.,  1.]])
     """
     n, c = x.shape[0], x.shape[1]
-    if num_groups < 1 or c % num_groups:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"group norm: num_groups must be a positive integer, got {num_groups!r}")
+    if c % num_groups:
         raise ValueError(
             f"group norm: num_channels={c} is not divisible by num_groups={num_groups}; "
             f"choose num_groups among the divisors of {c}"

@@ -195,3 +195,18 @@ def test_check_input_messages():
     assert bf.batch_norm_dims(3) == (0, 2)
     with pytest.raises(ValueError, match="at least 2 dims"):
         bf.batch_norm_dims(1)
+
+
+def test_moments_refuse_an_empty_set_of_dims():
+    # torch.mean(dim=()) reduces over everything: instance norm of an (N, C) tensor would be garbage.
+    with pytest.raises(ValueError, match="at least one dim"):
+        bf.moments(torch.randn(4, 3), ())
+    with pytest.raises(ValueError, match=r"pass \(N, C, H, W\)"):
+        bf.instance_norm(torch.randn(4, 3))
+
+
+def test_group_norm_names_a_bad_group_count():
+    with pytest.raises(ValueError, match="positive integer, got 0"):
+        bf.group_norm(torch.randn(2, 4, 3), 0)
+    with pytest.raises(ValueError, match="num_channels=4 is not divisible by num_groups=3"):
+        bf.group_norm(torch.randn(2, 4, 3), 3)

@@ -410,9 +410,14 @@ def test_adabn_rejects_bad_input():
         adapt_batchnorm(model, torch.randn(0, 2), batch_size=2)
     with pytest.raises(TypeError, match="nn.Module"):
         adapt_batchnorm("model", torch.randn(4, 2), batch_size=2)
+    with torch.no_grad():
+        model[0].running_mean.fill_(5.0)
+    before = {name: b.clone() for name, b in model[0].named_buffers()}
     with pytest.raises(ValueError, match="more than 1 value"):  # a failing pass still restores the state
-        adapt_batchnorm(model, torch.randn(3, 2), batch_size=2)
+        adapt_batchnorm(model, torch.randn(3, 2), batch_size=2)  # the last batch holds one sample
     assert model.training and model[0].momentum == 0.1
+    for name, value in model[0].named_buffers():
+        assert torch.equal(value, before[name]), f"{name} was not restored after the failed pass"
 
 
 # ----------------------------------------------------------------------------- factory

@@ -72,7 +72,9 @@ def adapt_batchnorm(
     ``torch.no_grad()``, with **only the batch-norm layers** in training mode
     (dropout and everything else in evaluation mode). Finally each layer's
     ``momentum`` and every module's ``training`` flag are restored. Weights
-    are not touched, and nothing needs labels.
+    are not touched, and nothing needs labels. When the pass fails (say, a
+    last batch of one sample for a dense layer), the running statistics are
+    restored too and the error is raised: the model is left as it was.
 
     Conventions and limits:
         * With equal batches the running mean is exactly the mean of the
@@ -129,6 +131,9 @@ def adapt_batchnorm(
         device = tensors[0].device if tensors else x.device
     modes = {module: module.training for module in model.modules()}
     saved = {layer: (layer.momentum, getattr(layer, "r_max", None), getattr(layer, "d_max", None)) for layer in layers}
+    # The statistics are reset below: keep copies, so that a pass that fails leaves the model as it was.
+    statistics = {layer: {name: b.detach().clone() for name, b in layer.named_buffers()} for layer in layers}
+    adapted = False
     try:
         model.eval()
         for layer in layers:
@@ -140,7 +145,13 @@ def adapt_batchnorm(
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 model(x[start : start + batch_size].to(device))
+        adapted = True
     finally:
+        if not adapted:
+            with torch.no_grad():
+                for layer, buffers in statistics.items():
+                    for name, value in buffers.items():
+                        layer.get_buffer(name).copy_(value)
         for layer, (momentum, r_max, d_max) in saved.items():
             layer.momentum = momentum
             if isinstance(layer, BatchRenorm):
