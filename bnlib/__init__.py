@@ -18,7 +18,7 @@ from typing import Any
 from bnlib.config import PROFILES, RunProfile, run_profile, seed_everything
 from bnlib.data import MNIST, load_mnist
 from bnlib.device import get_device
-from bnlib.notebook import Stopwatch, check_close, describe_environment, show_source
+from bnlib.notebook import Stopwatch, check_close, check_that, describe_environment, show_source
 from bnlib.preprocessing import min_max_normalize, z_score_normalize
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "z_score_normalize",
     "show_source",
     "check_close",
+    "check_that",
     "Stopwatch",
     "describe_environment",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["show_source", "source_of", "check_close", "Stopwatch", "describe_environment"]
+__all__ = ["show_source", "source_of", "check_close", "check_that", "Stopwatch", "describe_environment"]
 
 
 def source_of(obj: Any) -> str:
@@ -28,7 +28,7 @@ def show_source(obj: Any):
 
     Chapters teach from bnlib's own code instead of copies of it. The result is
     an IPython Markdown object: it renders on the built site, in Jupyter, in
-    Colab and in Binder; outside a notebook, ``str()`` of it is the code block.
+    Colab and in Binder; outside a notebook, its ``.data`` is the Markdown text.
     """
     from IPython.display import Markdown
 
@@ -62,6 +62,27 @@ def check_close(what: str, actual: Any, expected: Any, *, atol: float = 1e-6, rt
     if not ok:
         raise ValueError(f"{what}: the two results disagree (max |difference| = {worst:.3g})")
     return worst
+
+
+def check_that(what: str, holds: Any, *, detail: str = "") -> None:
+    """Print a claim with ``holds`` or ``DOES NOT HOLD``, and raise when it does not hold.
+
+    The yes/no counterpart of :func:`check_close`, for claims that are not
+    about numbers agreeing (this call raises, that layer uses batch
+    statistics, ...). ``detail`` is printed after the claim.
+
+    Raises:
+        ValueError: ``holds`` is false.
+
+    Example:
+        >>> check_that("2 > 1", 2 > 1, detail="as expected")
+        2 > 1: holds (as expected)
+    """
+    ok = bool(holds)
+    suffix = f" ({detail})" if detail else ""
+    print(f"{what}: {'holds' if ok else 'DOES NOT HOLD'}{suffix}")  # noqa: T201  (a chapter helper)
+    if not ok:
+        raise ValueError(f"{what}: does not hold{suffix}")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
