@@ -197,7 +197,9 @@ def record_activations(
     of the loss with respect to it when ``backward()`` runs. Only detached
     floats are stored (and detached CPU copies with ``keep_tensors=True``), so
     recording holds no graph; the hooks are removed in a ``finally``, so
-    ``module._forward_hooks`` is empty again after the block, even on an error.
+    ``module._forward_hooks`` is empty again after the block, even on an error,
+    and a ``backward()`` run after the block (on a graph built inside it)
+    records nothing.
 
     Args:
         model: the network.
@@ -234,8 +236,11 @@ def record_activations(
 
     recorder = ActivationRecorder()
     calls: dict[tuple[str, str], int] = {}
+    recording = [True]  # cleared on exit: a gradient hook of a graph built inside the block then records nothing
 
     def store(name: str, kind: str, tensor: torch.Tensor) -> None:
+        if not recording[0]:
+            return
         call = calls.get((name, kind), 0)
         calls[(name, kind)] = call + 1
         recorder.records.append({"layer": name, "kind": kind, "call": call, **summarize(tensor, qs)})
@@ -258,6 +263,7 @@ def record_activations(
     try:
         yield recorder
     finally:
+        recording[0] = False
         for handle in handles:
             handle.remove()
 
@@ -373,8 +379,8 @@ def gradient_shift(
 
     .. math::
 
-        G_i = \\nabla_{W_i} L(W_1, \\dots, W_k), \\qquad
-        G'_i = \\nabla_{W_i} L(W_1', \\dots, W_{i-1}', W_i, \\dots, W_k),
+        G_i = \nabla_{W_i} L(W_1, \dots, W_k), \qquad
+        G'_i = \nabla_{W_i} L(W_1', \dots, W_{i-1}', W_i, \dots, W_k),
 
     where ``W_j' = W_j - lr * grad_j`` is the SGD update of every parameter
     registered before ``W_i`` (biases and batch-norm scales included). The

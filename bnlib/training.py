@@ -113,7 +113,8 @@ def evaluate(
         model: the network.
         data: ``(x, y)`` tensors or arrays.
         batch_size: examples per forward pass (results do not depend on it in eval mode).
-        device: where to compute (default: where the model's parameters are, else :func:`bnlib.get_device`).
+        device: where to compute (default: where the model's parameters are, else :func:`bnlib.get_device`);
+            the model is moved there, as :func:`fit` does.
         loss_fn: a mean-reduced loss ``(output, target) -> scalar`` (default cross-entropy).
 
     Example:
@@ -127,6 +128,7 @@ def evaluate(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch_size = _check_positive_int("batch_size", batch_size)
     device = _resolve_device(model, device)
+    model.to(device)
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output, target) -> loss, got {type(loss_fn).__name__}")

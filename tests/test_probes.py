@@ -66,6 +66,16 @@ def test_hooks_are_removed_after_the_block_and_after_an_error():
     assert all_hooks(model) == 0
 
 
+def test_a_backward_after_the_block_records_nothing():
+    model = bn_mlp()
+    x, y = batch()
+    with record_activations(model, gradients=True) as rec:
+        loss = nn.functional.cross_entropy(model(x), y)  # the graph, with its tensor hooks, is built inside
+    recorded = len(rec.records)
+    loss.backward()
+    assert len(rec.records) == recorded and all(r["kind"] == "activation" for r in rec.records)
+
+
 def test_recording_keeps_no_graph_and_stores_plain_floats():
     model = bn_mlp()
     x, y = batch()

@@ -52,6 +52,27 @@ def test_unshuffled_fit_equals_a_plain_pytorch_loop():
     np.testing.assert_allclose(history.train_loss[1], np.dot(losses[7:], sizes) / 100, rtol=1e-6)
 
 
+def test_default_optimizer_is_adam_with_lr_1e_3():
+    x, y = blobs(100)
+    model, reference = fresh(), fresh()
+    run(model, (x, y), shuffle=False)  # no optimizer given
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    for _ in range(2):
+        for start in range(0, 100, 16):
+            loss = F.cross_entropy(reference(x[start : start + 16]), y[start : start + 16])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_evaluate_moves_the_model_to_the_device_it_is_given():
+    model = fresh().to(torch.float64)  # the model's dtype decides the data's
+    loss, accuracy = evaluate(model, blobs(8), device="cpu")
+    assert next(model.parameters()).device.type == "cpu" and math.isfinite(loss) and 0 <= accuracy <= 1
+
+
 def test_same_seed_same_run_other_seed_other_order():
     data = blobs()
     a = run(fresh(), data, seed=5)

@@ -29,12 +29,12 @@ class NoisyBatchNorm(nn.Module):
     Formula: at every forward pass in training mode, draw for each channel
     ``c`` a shift and a scale,
 
-    .. math::  \\mu_c \\sim U(-m, m), \\qquad \\sigma_c \\sim U(s_{lo}, s_{hi}),
+    .. math::  \mu_c \sim U(-m, m), \qquad \sigma_c \sim U(s_{lo}, s_{hi}),
 
     and for each activation (example ``i``, channel ``c``, position) independent
     ``xi, zeta ~ N(0, 1)``:
 
-    .. math::  y = \\sigma_c (1 + j\\,\\xi)\\, \\mathrm{BN}(x) + \\mu_c + j\\,\\zeta,
+    .. math::  y = \sigma_c (1 + j\,\xi)\, \mathrm{BN}(x) + \mu_c + j\,\zeta,
 
     so every channel leaves the layer with mean about ``mu_c`` and standard
     deviation about ``sigma_c``, values that change at every step, and every
