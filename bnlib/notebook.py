@@ -30,8 +30,13 @@ def show_source(obj: Any):
     an IPython Markdown object: it renders on the built site, in Jupyter, in
     Colab and in Binder; outside a notebook, its ``.data`` is the Markdown text.
     """
-    from IPython.display import Markdown
-
+    try:
+        from IPython.display import Markdown
+    except ImportError as error:  # bnlib does not depend on IPython; every notebook kernel has it
+        raise ImportError(
+            "show_source renders in a notebook and needs IPython: pip install ipython "
+            "(outside a notebook, use bnlib.notebook.source_of)"
+        ) from error
     return Markdown(f"```python\n{source_of(obj).rstrip()}\n```")
 
 

