@@ -32,19 +32,25 @@ def run(model, data, **kwargs):
     return fit(model, data, **options)
 
 
-def test_unshuffled_fit_equals_a_plain_pytorch_loop():
-    x, y = blobs(100)  # 100 = 6 batches of 16 + one of 4
-    model, reference = fresh(), fresh()
-    history = run(model, (x, y), shuffle=False, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+def plain_loop(model, data, optimizer, *, epochs=2, batch_size=16):
+    """The reference: a textbook PyTorch loop over unshuffled batches; returns the batch losses."""
+    x, y = data
     losses = []
-    for _ in range(2):
-        for start in range(0, 100, 16):
-            loss = F.cross_entropy(reference(x[start : start + 16]), y[start : start + 16])
+    for _ in range(epochs):
+        for start in range(0, len(x), batch_size):
+            loss = F.cross_entropy(model(x[start : start + batch_size]), y[start : start + batch_size])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+    return losses
+
+
+def test_unshuffled_fit_equals_a_plain_pytorch_loop():
+    x, y = blobs(100)  # 100 = 6 batches of 16 + one of 4
+    model, reference = fresh(), fresh()
+    history = run(model, (x, y), shuffle=False, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    losses = plain_loop(reference, (x, y), torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9))
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
     np.testing.assert_allclose(history.batch_loss, losses, rtol=1e-6)
@@ -56,13 +62,7 @@ def test_default_optimizer_is_adam_with_lr_1e_3():
     x, y = blobs(100)
     model, reference = fresh(), fresh()
     run(model, (x, y), shuffle=False)  # no optimizer given
-    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
-    for _ in range(2):
-        for start in range(0, 100, 16):
-            loss = F.cross_entropy(reference(x[start : start + 16]), y[start : start + 16])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    plain_loop(reference, (x, y), torch.optim.Adam(reference.parameters(), lr=1e-3))
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
 
