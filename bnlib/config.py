@@ -76,7 +76,7 @@ class RunProfile:
 
 PROFILES: dict[str, RunProfile] = {
     "smoke": RunProfile("smoke", train_size=1_024, test_size=512, seeds=(0, 1), max_epochs=1),
-    "quick": RunProfile("quick", train_size=12_000, test_size=10_000, seeds=(0, 1), max_epochs=3),
+    "quick": RunProfile("quick", train_size=6_000, test_size=10_000, seeds=(0, 1), max_epochs=3),
     "full": RunProfile("full", train_size=60_000, test_size=10_000, seeds=(0, 1, 2), max_epochs=None),
 }
 

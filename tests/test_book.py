@@ -99,3 +99,48 @@ def test_citations_resolve():
         for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", md.read_text()):
             for key in group.split(","):
                 assert key.strip() in keys, f"{md.name} cites {key.strip()!r}, which is not in references.bib"
+
+
+def test_toc_lists_the_chapters_in_their_numbered_order():
+    assert toc_files()[1:] == [f"book/{md.stem}" for md in CHAPTERS], "_toc.yml must list book/NN_*.md in NN order"
+
+
+def test_landing_page_maps_every_chapter_and_names_the_data_licence():
+    intro = (BOOK / "intro.md").read_text()
+    mapped = re.findall(r"\{doc\}`(\d\d_\w+)`", intro)
+    assert mapped == [md.stem for md in CHAPTERS], "book/intro.md's chapter map must list every chapter in order"
+    assert "CC BY-SA 3.0" in intro and "MNIST" in intro, "the landing page must state MNIST's licence"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_reports_how_long_its_experiments_took(md: Path):
+    code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
+    assert any("bnlib.Stopwatch()" in c for c in code), f"{md.name} does not time its experiments (bnlib.Stopwatch)"
+    assert "print(watch.report())" in code[-1], f"{md.name}: the last code cell must print watch.report()"
+
+
+def test_execution_settings_fail_on_errors_and_keep_progress_bars_off_the_pages():
+    execute = yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]
+    assert execute["allow_errors"] is False, "a cell that raises must fail the build"
+    assert execute["stderr_output"] == "remove", "tqdm writes to stderr: keep it off the built pages"
+    assert execute["execute_notebooks"] in ("cache", "force") and execute["timeout"] >= 3600
+
+
+def test_readme_profile_table_matches_the_profiles():
+    from bnlib.config import PROFILES
+
+    rows = {
+        m[0]: m[1] for m in re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M)
+    }
+    assert set(rows) == set(PROFILES), f"README's run-profile table lists {sorted(rows)}"
+    for name, profile in PROFILES.items():
+        sizes = rows[name]
+        assert f"{profile.n_seeds} seeds" in sizes, f"README: {name} should say {profile.n_seeds} seeds: {sizes!r}"
+        if profile.train_size < 60_000:
+            assert re.search(rf"(?<![\d,]){profile.train_size:,} (training )?images", sizes), (
+                f"README: {name} should say {profile.train_size:,} images: {sizes!r}"
+            )
+        else:
+            assert "60,000" in sizes, f"README: {name} should say all 60,000 images: {sizes!r}"
+        if profile.max_epochs is not None:
+            assert f"{profile.max_epochs} epoch" in sizes, f"README: {name} should say {profile.max_epochs} epoch(s)"
