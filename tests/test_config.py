@@ -71,6 +71,17 @@ def test_get_device_defaults_to_the_best_available(monkeypatch):
     assert available_devices()[-1] == "cpu"
 
 
+@pytest.mark.parametrize(
+    "cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (True, False, "cuda"), (False, False, "cpu")]
+)
+def test_get_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.delenv("BNLIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert get_device() == torch.device(expected)
+    assert available_devices()[-1] == "cpu" and len(available_devices()) == 1 + cuda + mps
+
+
 def test_get_device_honours_the_environment(monkeypatch):
     monkeypatch.setenv("BNLIB_DEVICE", "cpu")
     assert get_device() == torch.device("cpu")

@@ -412,3 +412,14 @@ def test_evaluate_batch_size_changes_memory_not_the_result(tiny):
     assert bk.evaluate(model, (x, y)) == pytest.approx(whole, rel=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         bk.evaluate(model, (x, y), batch_size=0)
+
+
+def test_seed_everything_seeds_tensorflow_once_it_is_imported():
+    tf, _ = bk.require_keras()
+    bnlib.seed_everything(5)
+    first = tf.random.uniform((4,)).numpy()
+    bnlib.seed_everything(5)
+    again = tf.random.uniform((4,)).numpy()
+    bnlib.seed_everything(6)
+    other = tf.random.uniform((4,)).numpy()
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
