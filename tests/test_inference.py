@@ -94,8 +94,6 @@ def test_lenet5_with_norm_before_activation_trained_a_little():
 def test_lenet5_with_bnlib_batchnorm():
     from bnlib import layers
 
-    if not hasattr(layers, "BatchNorm"):
-        pytest.skip("bnlib.layers.BatchNorm is not written yet")
     torch.manual_seed(0)
     model = randomize(LeNet5(norm=layers.BatchNorm, norm_position="before"))
     folded = fold_batchnorm(model)

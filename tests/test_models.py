@@ -112,10 +112,6 @@ def test_mlp_matches_the_sources_and_the_bn_paper():
 
 
 def test_string_norm_uses_the_layer_factory():
-    from bnlib import layers
-
-    if not hasattr(layers, "make_norm"):
-        pytest.skip("bnlib.layers.make_norm has not landed yet")
     model = LeNet5("batch")
     norms = [m for m in model.features if not isinstance(m, (nn.Conv2d, nn.Tanh, nn.AvgPool2d))]
     assert [getattr(m, "num_features", None) for m in norms] == [6, 16]
