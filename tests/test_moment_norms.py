@@ -25,32 +25,53 @@ def randomize(*layers: nn.Module) -> None:
                 layer.bias.normal_()
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, *, reference=None) -> None:
     """Compare with rounding errors judged relative to the largest entry, not entry by entry.
 
-    Gradients scale like 1/sigma and cancel within a group (few values, small spread: ill-conditioned).
+    Gradients scale like 1/sigma and cancel within a group (few values, small spread: ill-conditioned):
+    with two values per group the true input gradient is almost 0 and both results are rounding noise.
+    So in float32, given the float64 ``reference``, ours passes when it is as accurate as PyTorch's
+    float32 result, within 4x its error (the fixed tolerance alone made this test fail now and then).
     """
     tol = tolerance(dtype)
-    torch.testing.assert_close(
-        actual, expected, atol=tol["atol"] + tol["rtol"] * expected.abs().max().item(), rtol=tol["rtol"]
-    )
+    allowed = tol["atol"] + tol["rtol"] * expected.abs().max().item()
+    if reference is not None and dtype == torch.float32:
+        reference = reference.to(dtype=torch.float64)
+        torch_error = (expected.double() - reference).abs().max().item()
+        ours_error = (actual.double() - reference).abs().max().item()
+        assert ours_error <= 4 * torch_error + allowed, (
+            f"ours is off the float64 result by {ours_error:.3g}, PyTorch's float32 by {torch_error:.3g}"
+        )
+        return
+    torch.testing.assert_close(actual, expected, atol=allowed, rtol=tol["rtol"])
+
+
+def gradients(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Output, and gradients of <output, upstream> with respect to x, weight and bias (those that exist)."""
+    x = x.clone().requires_grad_()
+    y = module(x)
+    y.backward(upstream)
+    parameters = [p.grad for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
+    return (y.detach(), x.grad, *parameters)
 
 
 def assert_same_function(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> None:
     """Outputs and gradients (input, weight, bias) agree."""
+    import copy
+
     tol = tolerance(x.dtype)
-    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
-    torch.testing.assert_close(y_ours, y_theirs, **tol)
-    upstream = torch.randn_like(y_ours)
-    y_ours.backward(upstream)
-    y_theirs.backward(upstream)
-    close(x_ours.grad, x_theirs.grad, x.dtype)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)  # the norms keep shapes
+    mine = gradients(ours, x, upstream)
+    framework = gradients(theirs, x, upstream)
+    exact = gradients(copy.deepcopy(theirs).double(), x.double(), upstream.double())
+    torch.testing.assert_close(mine[0], framework[0], **tol)
+    close(mine[1], framework[1], x.dtype, reference=exact[1])
     if getattr(ours, "weight", None) is not None:
         # torch.nn.LayerNorm([C, H, W]) has an elementwise weight: sum its gradient over (H, W).
         reduce = tuple(range(1, theirs.weight.ndim))
-        close(ours.weight.grad, theirs.weight.grad.sum(reduce) if reduce else theirs.weight.grad, x.dtype)
-        close(ours.bias.grad, theirs.bias.grad.sum(reduce) if reduce else theirs.bias.grad, x.dtype)
+        per_channel = (lambda g: g.sum(reduce)) if reduce else (lambda g: g)
+        for index in (2, 3):
+            close(mine[index], per_channel(framework[index]), x.dtype, reference=per_channel(exact[index]))
 
 
 @st.composite

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as torch_weight_norm
 
 from bnlib.layers import (
+    BatchNorm,
     BatchRenorm,
     GhostBatchNorm,
     RenormWarmup,
@@ -238,6 +239,25 @@ def test_ghost_equals_a_loop_of_batchnorm_calls(n, virtual, momentum):
     ghost.eval(), ref.eval()
     x = torch.randn(5, 3, 2, 3, dtype=torch.float64)
     close(ghost(x), ref(x))
+
+
+@pytest.mark.parametrize(
+    "make", [BatchNorm, BatchRenorm, lambda c, **kw: GhostBatchNorm(c, 2, **kw)], ids=["bn", "renorm", "ghost"]
+)
+def test_batch_norms_validate_their_settings_alike(make):
+    # One rule for every layer with running statistics: eps finite and > 0 (0 divides by zero on a constant
+    # channel), momentum in [0, 1] or None (PyTorch's convention; a Keras 0.99 is a PyTorch 0.01).
+    for eps in (0, -1e-5, float("nan"), float("inf"), "1e-5", True):
+        with pytest.raises(ValueError, match="eps must be a positive number"):
+            make(3, eps=eps)
+    for momentum in (-0.1, 1.5, 0.99 * 2, "0.1", True):
+        with pytest.raises(ValueError, match="Keras momentum of 0.99 is a PyTorch momentum of 0.01"):
+            make(3, momentum=momentum)
+    for momentum in (0, 0.0, 0.1, 1.0, None):
+        assert make(3, momentum=momentum).momentum == momentum
+    for num_features in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="num_features must be a positive integer"):
+            make(num_features)
 
 
 def test_ghost_rejects_bad_input():

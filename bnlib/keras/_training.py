@@ -33,7 +33,11 @@ def validation_split_sizes(n: int, validation_split: float) -> tuple[int, int]:
         >>> validation_split_sizes(1024, 0.2), validation_split_sizes(60_000, 0.2)
         ((819, 205), (48000, 12000))
     """
-    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, numbers.Real)
+        or not 0 < validation_split < 1
+    ):
         raise ValueError(f"validation_split must be a fraction strictly between 0 and 1, got {validation_split!r}")
     split_at = math.floor(n * (1.0 - float(validation_split)))
     if split_at in (0, n):

@@ -7,8 +7,36 @@ as torch.nn's layers name them, so that state_dicts load across) live in one pla
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+
+def check_num_features(num_features: object, what: str = "num_features") -> int:
+    """A positive integer channel count, or a ValueError that says what was received."""
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"{what} must be a positive integer (the channel count C), got {num_features!r}")
+    return num_features
+
+
+def check_eps(eps: object) -> float:
+    """A finite ``eps > 0``: with 0, a constant channel divides by zero (NaN or inf, silently)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive number such as 1e-5 (finite), got {eps!r}")
+    return float(eps)
+
+
+def check_momentum(momentum: object) -> float | None:  # returned as given, as torch.nn keeps it
+    """PyTorch's momentum, the weight of the new batch, in [0, 1]; None for a cumulative average."""
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            "momentum must be in [0, 1] (the weight of the new batch, PyTorch's convention) or None for a "
+            f"cumulative average, got {momentum!r}; a Keras momentum of 0.99 is a PyTorch momentum of 0.01"
+        )
+    return momentum
 
 
 def register_affine(module: nn.Module, num_features: int, affine: bool, device, dtype) -> None:

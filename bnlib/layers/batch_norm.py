@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from bnlib.functional import batch_norm, check_input
-from bnlib.layers._state import register_affine, register_running_stats
+from bnlib.layers._state import (
+    check_eps,
+    check_momentum,
+    check_num_features,
+    register_affine,
+    register_running_stats,
+)
 
 __all__ = ["BatchNorm"]
 
@@ -98,18 +104,9 @@ class BatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer (the channel count C), got {num_features!r}")
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive number such as 1e-5, got {eps!r}")
-        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
-            raise ValueError(
-                f"momentum must be in [0, 1] (the weight of the new batch, PyTorch's convention) or None for a "
-                f"cumulative average, got {momentum!r}; a Keras momentum of 0.99 is a PyTorch momentum of 0.01"
-            )
-        self.num_features = num_features
-        self.eps = float(eps)
-        self.momentum = momentum
+        self.num_features = check_num_features(num_features)
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
         self.affine = affine
         self.track_running_stats = track_running_stats
         register_affine(self, num_features, affine, device, dtype)

@@ -9,13 +9,17 @@ optimizer still takes one step per large batch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from bnlib.functional import affine, check_finite_statistics, check_input, moments, normalize
-from bnlib.layers._state import register_affine, register_running_stats
+from bnlib.layers._state import (
+    check_eps,
+    check_momentum,
+    check_num_features,
+    register_affine,
+    register_running_stats,
+)
 
 __all__ = ["GhostBatchNorm"]
 
@@ -47,9 +51,9 @@ class GhostBatchNorm(nn.Module):
     Args:
         num_features: channels C (dim 1 of the input).
         virtual_batch_size: samples per virtual batch, ``>= 1``.
-        eps: added to the variance.
+        eps: added to the variance; finite and ``> 0``.
         momentum: weight of each new chunk in the running averages, in
-            (0, 1], or ``None`` for a cumulative average over chunks.
+            [0, 1], or ``None`` for a cumulative average over chunks.
         affine: learn the per-channel ``weight`` (gamma) and ``bias`` (beta).
         device, dtype: where and in what precision to create parameters and buffers.
 
@@ -81,17 +85,10 @@ class GhostBatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_features", num_features), ("virtual_batch_size", virtual_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        if momentum is not None and (
-            isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1
-        ):
-            raise ValueError(
-                f"momentum must be in (0, 1] (PyTorch's convention: the weight of the new batch) or None, got {momentum!r}"
-            )
+        check_num_features(num_features)
+        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+            raise ValueError(f"virtual_batch_size must be a positive integer, got {virtual_batch_size!r}")
+        eps, momentum = check_eps(eps), check_momentum(momentum)
         self.num_features = num_features
         self.virtual_batch_size = virtual_batch_size
         self.eps = float(eps)

@@ -27,7 +27,13 @@ from bnlib.functional import (
     moments,
     update_running_,
 )
-from bnlib.layers._state import register_affine, register_running_stats
+from bnlib.layers._state import (
+    check_eps,
+    check_momentum,
+    check_num_features,
+    register_affine,
+    register_running_stats,
+)
 
 __all__ = ["BatchRenorm", "RenormWarmup"]
 
@@ -84,8 +90,8 @@ class BatchRenorm(nn.Module):
 
     Args:
         num_features: channels C (dim 1 of the input).
-        eps: added to the batch variance inside the square root.
-        momentum: weight of the new batch in the running averages, in (0, 1],
+        eps: added to the batch variance inside the square root; finite and ``> 0``.
+        momentum: weight of the new batch in the running averages, in [0, 1],
             or ``None`` for a cumulative average.
         r_max: clip ``r`` to ``[1/r_max, r_max]``; ``>= 1``.
         d_max: clip ``d`` to ``[-d_max, d_max]``; ``>= 0``.
@@ -123,18 +129,9 @@ class BatchRenorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer (the channel count C), got {num_features!r}")
-        self.num_features = num_features
-        self.eps = _check_positive("eps", eps, allow_zero=True)
-        if momentum is not None:
-            momentum = _check_positive("momentum", momentum)
-            if momentum > 1:
-                raise ValueError(
-                    f"momentum is the weight of the new batch (PyTorch's convention) and must be in (0, 1], got {momentum}; "
-                    f"for a Keras momentum of {momentum} pass 1 - {momentum}"
-                )
-        self.momentum = momentum
+        self.num_features = check_num_features(num_features)
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
         self.r_max = r_max
         self.d_max = d_max
         self.affine = affine
