@@ -1,7 +1,7 @@
 """The run profile and random seeds.
 
 Every experiment in the book reads its sizes from one :class:`RunProfile`, so
-the same code runs in seconds in CI (``smoke``), in about a quarter of an hour
+the same code runs in seconds in CI (``smoke``), in about twenty minutes
 for a reader on a laptop (``quick``) and at the source tutorials' real settings
 for the published site (``full``). A profile changes only how much is computed
 (images, epochs, seeds, grid points), never *what* is computed.
