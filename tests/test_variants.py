@@ -14,6 +14,9 @@ from bnlib.layers import (
     BatchNorm,
     BatchRenorm,
     GhostBatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
     RenormWarmup,
     adapt_batchnorm,
     add_weight_norm,
@@ -475,3 +478,37 @@ def test_figure_groups_are_the_layers_statistics(method):
         "Ghost batch norm": GhostBatchNorm(6, 3, affine=False, dtype=torch.float64),
     }[method]
     close(layer(x), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: BatchNorm(3), lambda: nn.BatchNorm2d(3)),
+        (lambda: BatchRenorm(3, r_max=1.0, d_max=0.0), lambda: nn.BatchNorm2d(3)),
+        (lambda: GhostBatchNorm(3, 8), lambda: nn.BatchNorm2d(3)),
+        (lambda: LayerNorm(3), lambda: nn.GroupNorm(1, 3)),
+        (lambda: InstanceNorm(3), lambda: nn.InstanceNorm2d(3, affine=True)),
+        (lambda: GroupNorm(3, 3), lambda: nn.GroupNorm(3, 3)),
+    ],
+    ids=["batch", "renorm", "ghost", "layer", "instance", "group"],
+)
+def test_reduced_precision_input_with_float32_state_works_as_in_torch(ours, theirs, dtype):
+    # Under autocast a conv hands a float16/bfloat16 tensor to a norm whose state stays float32.
+    ours, theirs = ours(), theirs()
+    x = (2 + 3 * torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(0))).to(dtype)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    assert y_ours.dtype == y_theirs.dtype == dtype
+    tolerance = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=3e-3, rtol=3e-3)
+    torch.testing.assert_close(y_ours.float(), y_theirs.float(), **tolerance)
+    (y_ours.float() ** 2).sum().backward()
+    (y_theirs.float() ** 2).sum().backward()
+    assert x_ours.grad.dtype == dtype
+    torch.testing.assert_close(x_ours.grad.float(), x_theirs.grad.float(), atol=0.1, rtol=5e-2)
+    for name in ("running_mean", "running_var"):
+        if hasattr(ours, name) and getattr(ours, name) is not None:
+            assert getattr(ours, name).dtype == torch.float32
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-3, rtol=1e-3)
+    with pytest.raises(TypeError, match="parameters but got a torch.float64 input"):
+        ours(x.double())  # other mismatches are still refused, with a message

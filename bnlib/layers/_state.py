@@ -7,10 +7,43 @@ as torch.nn's layers name them, so that state_dicts load across) live in one pla
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+#: Input dtypes a layer with float32 (or float64) state accepts, as torch.nn's norms do under autocast.
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accepts_reduced_precision(forward: Callable) -> Callable:
+    """Let a norm layer with float32/float64 state take a float16 or bfloat16 input, as torch.nn's norms do.
+
+    Under ``torch.autocast`` the convolution before a norm returns float16 (or
+    bfloat16) while the norm's parameters and running statistics stay float32.
+    The wrapped ``forward`` then computes in the state's dtype (statistics in
+    full precision, running averages updated in it) and returns the input's
+    dtype; gradients flow through both casts. Any other dtype mismatch is left
+    to ``check_input``, which refuses it with a message.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        state = next(
+            (t for t in (*self.parameters(recurse=False), *self.buffers(recurse=False)) if t.is_floating_point()), None
+        )
+        if (
+            isinstance(x, torch.Tensor)
+            and state is not None
+            and x.dtype in REDUCED_PRECISION
+            and state.dtype not in REDUCED_PRECISION
+        ):
+            return forward(self, x.to(state.dtype)).to(x.dtype)
+        return forward(self, x)
+
+    return wrapper
 
 
 def check_num_features(num_features: object, what: str = "num_features") -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from bnlib.functional import batch_norm, check_input
 from bnlib.layers._state import (
+    accepts_reduced_precision,
     check_eps,
     check_momentum,
     check_num_features,
@@ -63,6 +64,10 @@ class BatchNorm(nn.Module):
       cannot silently poison every later evaluation. In evaluation the layer
       is elementwise: NaN in, NaN out, at that position only (as PyTorch).
       Checking costs one small (C,) reduction and, on a GPU, one synchronization.
+    * **Mixed precision:** a float16 or bfloat16 input to float32 state (what
+      ``torch.autocast`` produces) is normalized in float32 and returned in the
+      input's dtype, as ``nn.BatchNorm2d`` does; any other dtype mismatch is a
+      TypeError. Every norm layer in :mod:`bnlib.layers` does the same.
 
     Args:
         num_features: C, the channel (feature) count at dim 1.
@@ -126,6 +131,7 @@ class BatchNorm(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *) with batch statistics (training) or running statistics (evaluation)."""
         reference = self.weight if self.weight is not None else self.running_mean

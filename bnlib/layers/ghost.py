@@ -14,6 +14,7 @@ from torch import nn
 
 from bnlib.functional import affine, check_finite_statistics, check_input, moments, normalize
 from bnlib.layers._state import (
+    accepts_reduced_precision,
     check_eps,
     check_momentum,
     check_num_features,
@@ -103,6 +104,7 @@ class GhostBatchNorm(nn.Module):
         self.running_var.fill_(1.0)
         self.num_batches_tracked.zero_()
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, repr(self), num_features=self.num_features, dtype=self.running_mean.dtype)
         if not self.training:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bnlib.functional import check_input, group_norm, instance_norm, layer_norm
-from bnlib.layers._state import register_affine
+from bnlib.layers._state import accepts_reduced_precision, register_affine
 
 __all__ = ["LayerNorm", "InstanceNorm", "GroupNorm"]
 
@@ -122,6 +122,7 @@ class LayerNorm(_ChannelAffine):
         self.num_features = _positive_int(num_features, "num_features")
         super().__init__(num_features, eps, affine, device, dtype)
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
         self._check(x, f"LayerNorm({self.num_features})", self.num_features)
@@ -176,6 +177,7 @@ class InstanceNorm(_ChannelAffine):
         self.num_features = _positive_int(num_features, "num_features")
         super().__init__(num_features, eps, affine, device, dtype)
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
         name = f"InstanceNorm({self.num_features})"
@@ -255,6 +257,7 @@ class GroupNorm(_ChannelAffine):
         """C, for code that treats every norm layer alike."""
         return self.num_channels
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
         name = f"GroupNorm({self.num_groups}, {self.num_channels})"

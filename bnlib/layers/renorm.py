@@ -28,6 +28,7 @@ from bnlib.functional import (
     update_running_,
 )
 from bnlib.layers._state import (
+    accepts_reduced_precision,
     check_eps,
     check_momentum,
     check_num_features,
@@ -168,6 +169,7 @@ class BatchRenorm(nn.Module):
         self.running_std.fill_(1.0)
         self.num_batches_tracked.zero_()
 
+    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, repr(self), num_features=self.num_features, dtype=self.running_mean.dtype)
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
