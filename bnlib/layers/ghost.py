@@ -86,14 +86,12 @@ class GhostBatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_num_features(num_features)
+        self.num_features = check_num_features(num_features)
         if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
             raise ValueError(f"virtual_batch_size must be a positive integer, got {virtual_batch_size!r}")
-        eps, momentum = check_eps(eps), check_momentum(momentum)
-        self.num_features = num_features
         self.virtual_batch_size = virtual_batch_size
-        self.eps = float(eps)
-        self.momentum = momentum
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
         self.affine = affine
         register_affine(self, num_features, affine, device, dtype)
         register_running_stats(self, num_features, True, device, dtype)
