@@ -11,7 +11,7 @@ import torch
 
 import bnlib
 from bnlib.config import PROFILES, run_profile, seed_everything
-from bnlib.device import available_devices, get_device
+from bnlib.device import available_devices, get_device, resolve_device
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "full"])
@@ -99,6 +99,32 @@ def test_unavailable_device_lists_the_available_ones(monkeypatch):
 def test_nonsense_device_name():
     with pytest.raises(ValueError, match="not a device name"):
         get_device("gpu-please")
+
+
+def test_resolve_device_argument_then_model_then_get_device(monkeypatch):
+    from torch import nn
+
+    monkeypatch.delenv("BNLIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # get_device() would now say cuda
+    on_meta = nn.Linear(2, 2, device="meta")
+    assert resolve_device(on_meta, "cpu") == torch.device("cpu")  # 1. the explicit argument
+    assert resolve_device(on_meta) == torch.device("meta")  # 2. the model's first parameter
+    assert resolve_device(nn.BatchNorm1d(2, affine=False, device="meta")) == torch.device("meta")  # ... or buffer
+    assert resolve_device(nn.ReLU()) == torch.device("cuda")  # 3. no tensors: get_device()
+    assert resolve_device() == torch.device("cuda")
+    monkeypatch.setenv("BNLIB_DEVICE", "cpu")  # which honours BNLIB_DEVICE
+    assert resolve_device(nn.ReLU()) == torch.device("cpu") and resolve_device() == torch.device("cpu")
+    assert resolve_device(on_meta) == torch.device("meta")  # but the model's device comes first
+
+
+def test_resolve_device_refuses_bad_input(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="not available here"):
+        resolve_device(None, "cuda")
+    with pytest.raises(ValueError, match="not a device name"):
+        resolve_device(None, "gpu-please")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module or None, got str"):
+        resolve_device("model")
 
 
 def test_import_is_fast_and_does_not_import_tensorflow():
