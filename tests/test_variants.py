@@ -461,7 +461,7 @@ def test_make_norm_builds_our_kinds_and_lenet_uses_them():
 def test_figure_groups_are_the_layers_statistics(method):
     """Normalizing each labelled group of cells on its own reproduces the layer: the picture is the layer's maths."""
     from bnlib import functional as F
-    from bnlib.figures import normalization_groups
+    from bnlib.plotting import normalization_groups
 
     labels = torch.from_numpy(normalization_groups(method, batch=6, channels=6, spatial=4, groups=2, virtual_batches=2))
     x = torch.randn(6, 6, 4, dtype=torch.float64)
