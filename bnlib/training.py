@@ -5,11 +5,21 @@ so a batch is an index slice (no per-image transforms, no DataLoader workers);
 losses and correct counts are accumulated on the device and read once per
 epoch (no host-device synchronization per step); training accuracy comes from
 the training pass itself instead of a second pass over the data.
+
+The pieces of the loop are small private helpers that other loops reuse (the
+stacked multi-seed trainer, the probing run of :mod:`bnlib.probes`):
+:func:`_seeded_generator`, :func:`_batch_count`, :func:`_epoch_order`,
+:func:`_batch_bounds` and :func:`_take_batch` (the batching),
+:func:`_optimizer_step` (one step), :func:`_raise_if_diverged` (the
+non-finite-loss check) and :class:`_DeferredInterrupt` (Ctrl-C between steps).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,9 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib.device import resolve_device
 from bnlib.history import History
 
-__all__ = ["fit", "evaluate", "as_tensors"]
+__all__ = ["fit", "evaluate", "as_tensors", "TrainingDivergedError", "TrainingInterrupted"]
+
+logger = logging.getLogger(__name__)
 
 Data = Sequence[Any]  # an (x, y) pair of tensors or arrays
 
@@ -65,6 +78,217 @@ def as_tensors(
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y
+
+
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite: :func:`fit` stopped at the first such step.
+
+    Attributes:
+        history: the :class:`~bnlib.history.History` of the epochs that finished
+            before the one that diverged (their ``batch_loss`` included); the
+            diverged epoch is not in it.
+        epoch: the epoch (from 1) in which the loss became non-finite.
+        step: the step (from 1) of that epoch whose loss was the first non-finite one.
+        loss: that step's loss (``nan``, ``inf`` or ``-inf``; a list for a stacked run).
+        learning_rates: the learning rate of every parameter group at that point.
+        epoch_batch_loss: the losses of the diverged epoch's steps up to and including ``step``.
+
+    It is a ``FloatingPointError`` (what went wrong) and a ``ValueError`` (the
+    house's type for a bad setting or bad data), so either ``except`` catches it.
+    """
+
+    history: History
+    epoch: int
+    step: int
+    loss: Any
+    learning_rates: list[float]
+    epoch_batch_loss: list[Any]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another ``KeyboardInterrupt``) stopped :func:`fit`; the History so far is on it.
+
+    A ``KeyboardInterrupt``, so a loop around ``fit`` (several seeds, several
+    configurations) stops too; catch it to keep what was trained.
+
+    Attributes:
+        history: the :class:`~bnlib.history.History` of the finished epochs.
+        epoch: the epoch that was cut short (from 1), or None when every epoch of it had finished.
+        steps: how many optimizer steps of that epoch were completed (the model keeps them).
+        epoch_batch_loss: those steps' losses (not in ``history``).
+    """
+
+    history: History
+    epoch: int | None
+    steps: int
+    epoch_batch_loss: list[float]
+
+
+def _seeded_generator(seed: int | None) -> torch.Generator | None:
+    """The generator of the batch order: on the CPU, so that a seed gives the same order on every device."""
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def _batch_count(n: int, batch_size: int, *, drop_last: bool) -> int:
+    """Batches per epoch over ``n`` examples; a ValueError when ``drop_last`` leaves none."""
+    count = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if count == 0:
+        raise ValueError(
+            f"drop_last=True with batch_size={batch_size} > {n} training examples leaves no batch; "
+            "lower batch_size or set drop_last=False"
+        )
+    return count
+
+
+def _epoch_order(
+    n: int, *, shuffle: bool, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor | None:
+    """One epoch's order of the ``n`` examples on ``device``: a fresh permutation drawn from ``generator``, or None (the stored order) without ``shuffle``."""
+    return torch.randperm(n, generator=generator).to(device, non_blocking=True) if shuffle else None
+
+
+def _batch_bounds(n: int, batch_size: int, n_batches: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each batch, positions in the epoch's order; the last may be shorter."""
+    return [(b * batch_size, min((b + 1) * batch_size, n)) for b in range(n_batches)]
+
+
+def _take_batch(
+    x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, lo: int, hi: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch at positions ``lo:hi`` of the epoch's ``order`` (views without an order, no copy)."""
+    if order is None:
+        return x[lo:hi], y[lo:hi]
+    index = order[lo:hi]
+    return x[index], y[index]
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: forward, loss, zero the gradients, backward, update. Returns the detached loss and output (on the device, no sync)."""
+    output = model(xb)
+    loss = loss_fn(output, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), output.detach()
+
+
+def _divergence_check_interval(device: torch.device) -> int:
+    """Steps between two finiteness checks of the loss.
+
+    Every step on the CPU (reading a value costs nothing there); every 32
+    steps on an accelerator (one host-device sync per 32 steps, not per step).
+    """
+    return 1 if device.type == "cpu" else 32
+
+
+def _learning_rates(optimizer: torch.optim.Optimizer | None) -> list[float]:
+    if optimizer is None:
+        return []
+    return [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]
+
+
+def _raise_if_diverged(
+    step_losses: Sequence[torch.Tensor],
+    *,
+    epoch: int,
+    first_step: int,
+    optimizer: torch.optim.Optimizer | None,
+    history: History,
+    inputs: torch.Tensor | None = None,
+) -> None:
+    """Raise :class:`TrainingDivergedError` if a loss in ``step_losses[first_step:]`` is NaN or infinite.
+
+    ``step_losses`` are the epoch's step losses so far, on the device (0-d
+    tensors, or 1-d with one loss per model for a stacked run); those before
+    ``first_step`` were checked already. Costs one host-device sync; only on
+    failure are the losses copied to the host, to name the first bad step.
+    ``history`` holds the finished epochs and is put on the error as it is.
+    ``inputs`` (the training inputs), if given, are checked for NaN/inf only on
+    failure, to say whether the data is the cause.
+    """
+    pending = step_losses[first_step:]
+    if len(pending) == 0 or bool(torch.isfinite(torch.stack(list(pending))).all()):
+        return
+    values = torch.stack(list(step_losses)).detach().cpu().double()
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    index = int(bad.nonzero()[0, 0])
+    loss = values[index].tolist()
+    rates = _learning_rates(optimizer)
+    shown = ", ".join(f"{rate:g}" for rate in rates) or "unknown"
+    cause = ""
+    if inputs is not None and inputs.is_floating_point():
+        nonfinite = int((~torch.isfinite(inputs)).sum())
+        if nonfinite:
+            cause = (
+                f" The training inputs hold {nonfinite} NaN or infinite value(s): clean the data "
+                "(e.g. keep the rows where torch.isfinite(x).flatten(1).all(1))."
+            )
+    error = TrainingDivergedError(
+        f"training diverged: the loss is {loss} at epoch {epoch}, step {index + 1} "
+        f"(step {len(history.batch_loss) + index + 1} of the run), learning rate(s) {shown}.{cause} "
+        f"Training stopped; the History of the {history.epochs} finished epoch(s) is this error's .history. "
+        "Lower the learning rate, check the data and the model's output for NaN or inf, or clip the gradients "
+        "(torch.nn.utils.clip_grad_norm_)."
+    )
+    error.history, error.epoch, error.step, error.loss = history, epoch, index + 1, loss
+    error.learning_rates, error.epoch_batch_loss = rates, values[: index + 1].tolist()
+    raise error
+
+
+class _DeferredInterrupt:
+    """While active, Ctrl-C (SIGINT) only sets :attr:`requested`, so a loop can stop between two steps.
+
+    A second Ctrl-C interrupts at once (a step that hangs can still be
+    stopped). Active only in the main thread and while SIGINT has Python's
+    default handler (the one that raises ``KeyboardInterrupt``, also what
+    Jupyter uses while a cell runs); elsewhere a ``KeyboardInterrupt`` arrives
+    as usual, wherever the code is, and the loop catches it.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> _DeferredInterrupt:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            signal.default_int_handler(signum, frame)  # the second Ctrl-C: raise KeyboardInterrupt now
+        self.requested = True
+        logger.warning("Ctrl-C: training stops after the current step; press Ctrl-C again to stop at once")
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+
+def _interrupted(history: History, epoch: int, epoch_losses: Sequence[torch.Tensor]) -> TrainingInterrupted:
+    """The TrainingInterrupted to raise when epoch ``epoch`` stopped after ``len(epoch_losses)`` steps."""
+    finished = history.epochs >= epoch
+    losses = [] if finished or not epoch_losses else torch.stack(list(epoch_losses)).float().cpu().tolist()
+    where = (
+        f"after epoch {epoch}"
+        if finished
+        else f"in epoch {epoch} after {len(losses)} step(s) (kept in the model; their losses are .epoch_batch_loss)"
+    )
+    error = TrainingInterrupted(
+        f"training interrupted {where}; the History of the {history.epochs} finished epoch(s) is this exception's .history"
+    )
+    error.history, error.epoch = history, None if finished else epoch
+    error.steps, error.epoch_batch_loss = (0 if finished else len(losses)), losses
+    return error
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -113,8 +337,8 @@ def evaluate(
         model: the network.
         data: ``(x, y)`` tensors or arrays.
         batch_size: examples per forward pass (results do not depend on it in eval mode).
-        device: where to compute (default: where the model's parameters are, else :func:`bnlib.get_device`);
-            the model is moved there, as :func:`fit` does.
+        device: where to compute (:func:`bnlib.device.resolve_device`: this argument, else where the
+            model is, else :func:`bnlib.get_device`); the model is moved there, as :func:`fit` does.
         loss_fn: a mean-reduced loss ``(output, target) -> scalar`` (default cross-entropy).
 
     Example:
@@ -127,7 +351,7 @@ def evaluate(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch_size = _check_positive_int("batch_size", batch_size)
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
     model.to(device)
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     if not callable(loss_fn):
@@ -150,15 +374,6 @@ def evaluate(
     finally:
         model.train(was_training)
     return float(loss_sum) / len(x), (int(correct) / len(x) if has_accuracy else math.nan)
-
-
-def _resolve_device(model: nn.Module, device: Any) -> torch.device:
-    from bnlib.device import get_device
-
-    if device is not None:
-        return get_device(device)
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else get_device()
 
 
 def fit(
@@ -195,6 +410,34 @@ def fit(
           shuffling order; initialize the model under its own seed before calling
           ``fit`` (see :func:`bnlib.experiments.repeat`). With a seed, runs on the
           CPU are bit-for-bit repeatable.
+        - Device: :func:`bnlib.device.resolve_device`: ``device`` if given,
+          else where the model is, else :func:`bnlib.get_device` (which honours
+          ``BNLIB_DEVICE``). A model built on the CPU trains on the CPU unless
+          you pass ``device`` or move it first.
+
+    Never a silent NaN:
+        Every step's loss is checked for NaN and inf: after every step on the
+        CPU, every 32 steps and at the end of each epoch on an accelerator (one
+        host-device sync per 32 steps, so at most 31 more steps run after the
+        first bad one). The first non-finite loss stops training with a
+        :class:`TrainingDivergedError` that names the epoch, the step, the loss
+        and the learning rate(s); its ``.history`` is the History of the epochs
+        that finished before (the diverged epoch is not recorded as if it were
+        fine; its losses up to the bad step are ``.epoch_batch_loss``). The
+        model keeps the non-finite weights it reached: train a fresh one.
+
+    Ctrl-C:
+        An interrupt (Ctrl-C, SIGINT) during ``fit`` lets the current optimizer
+        step finish, then stops (a second Ctrl-C stops at once). ``fit`` raises
+        :class:`TrainingInterrupted`, a ``KeyboardInterrupt`` (so a loop over
+        seeds stops too), whose ``.history`` holds the finished epochs. The
+        partial epoch's steps stay in the model's weights but not in the
+        History: its step count and losses are ``.steps`` and
+        ``.epoch_batch_loss``. A ``KeyboardInterrupt`` raised by the model
+        itself, or arriving where the SIGINT handler cannot be installed (a
+        thread other than the main one), stops in the middle of its step and is
+        reported the same way. Either way the model ends in the mode it started
+        in.
 
     Args:
         model: any ``nn.Module`` mapping a batch of ``x`` to outputs ``loss_fn`` accepts.
@@ -206,7 +449,7 @@ def fit(
             created after the model is moved to ``device``).
         loss_fn: mean-reduced ``(output, target) -> loss`` (default ``nn.CrossEntropyLoss()``).
         shuffle: reshuffle the examples every epoch (the source tutorial does not).
-        device: where to train (default :func:`bnlib.get_device`); model and data are moved there.
+        device: where to train (default: where the model is, see Conventions); model and data are moved there.
         seed: see Conventions; ``None`` leaves the global generator alone.
         progress: show a tqdm progress bar per epoch.
         drop_last: skip the last batch when it is smaller than ``batch_size``.
@@ -215,6 +458,11 @@ def fit(
 
     Returns:
         History with ``epochs`` entries per epoch column and one ``batch_loss`` per step.
+
+    Raises:
+        TypeError, ValueError: a bad argument (the message says which and how to fix it).
+        TrainingDivergedError: a NaN or infinite training loss (see above); ``.history`` has the finished epochs.
+        TrainingInterrupted: Ctrl-C (see above); ``.history`` has the finished epochs.
 
     Example:
         >>> from bnlib.models import MLP
@@ -228,7 +476,6 @@ def fit(
     from tqdm.auto import tqdm
 
     from bnlib.config import seed_everything
-    from bnlib.device import get_device
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -244,17 +491,13 @@ def fit(
         raise TypeError(f"loss_fn must be callable (output, target) -> loss, got {type(loss_fn).__name__}")
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict of labels, got {type(meta).__name__}")
-    device = get_device(device)
+    device = resolve_device(model, device)
     model.to(device)
     dtype = _parameter_dtype(model)
     x, y = as_tensors(train, name="train", device=device, dtype=dtype)
     val_data = as_tensors(val, name="val", device=device, dtype=dtype) if val is not None else None
     n = len(x)
-    n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
-    if n_batches == 0:
-        raise ValueError(
-            f"drop_last=True with batch_size={batch_size} > {n} training examples leaves no batch; lower batch_size or set drop_last=False"
-        )
+    n_batches = _batch_count(n, batch_size, drop_last=drop_last)
 
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -268,61 +511,78 @@ def fit(
     generator = None
     if seed is not None:
         seed_everything(seed)
-        generator = torch.Generator().manual_seed(int(seed))  # on the CPU: the same order on every device
+        generator = _seeded_generator(seed)
+    check_every = _divergence_check_interval(device)
 
     history = History(
         meta={"framework": "pytorch", **({"seed": int(seed)} if seed is not None else {}), **(meta or {})}
     )
     was_training = model.training
+    epoch, step_losses = 0, []
     try:
-        for epoch in range(1, epochs + 1):
-            start_time = time.perf_counter()
-            model.train()
-            order = torch.randperm(n, generator=generator).to(device, non_blocking=True) if shuffle else None
-            step_losses: list[torch.Tensor] = []
-            loss_sum = torch.zeros((), device=device, dtype=_accumulator_dtype(device))
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            has_accuracy = True
-            seen = 0
-            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-            for b in range(n_batches):
-                lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-                if order is None:
-                    xb, yb = x[lo:hi], y[lo:hi]  # views, no copy
-                else:
-                    index = order[lo:hi]
-                    xb, yb = x[index], y[index]
-                output = model(xb)
-                loss = loss_fn(output, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step_loss = loss.detach()
-                step_losses.append(step_loss)
-                loss_sum += step_loss.to(loss_sum.dtype) * (hi - lo)
-                hits = _correct(output.detach(), yb)
-                has_accuracy = has_accuracy and hits is not None
-                if hits is not None:
-                    correct += hits
-                seen += hi - lo
-                bar.update()
-            history.batch_loss.extend(torch.stack(step_losses).float().cpu().tolist())  # one sync per epoch
-            train_loss = float(loss_sum) / seen
-            train_accuracy = int(correct) / seen if has_accuracy else math.nan
-            val_loss = val_accuracy = math.nan
-            if val_data is not None:
-                val_loss, val_accuracy = evaluate(
-                    model, val_data, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
-                )
-            history.add_epoch(
-                train_loss=train_loss,
-                train_accuracy=train_accuracy,
-                val_loss=val_loss,
-                val_accuracy=val_accuracy,
-                seconds=time.perf_counter() - start_time,
-            )
-            bar.set_postfix(loss=f"{train_loss:.4f}", val_accuracy=f"{val_accuracy:.4f}")
-            bar.close()
+        with _DeferredInterrupt() as interrupt:
+            for epoch in range(1, epochs + 1):
+                start_time = time.perf_counter()
+                model.train()
+                order = _epoch_order(n, shuffle=shuffle, generator=generator, device=device)
+                step_losses = []
+                checked = 0  # step_losses[:checked] are known to be finite
+                loss_sum = torch.zeros((), device=device, dtype=_accumulator_dtype(device))
+                correct = torch.zeros((), device=device, dtype=torch.int64)
+                has_accuracy = True
+                seen = 0
+                with tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False) as bar:
+                    for lo, hi in _batch_bounds(n, batch_size, n_batches):
+                        xb, yb = _take_batch(x, y, order, lo, hi)
+                        step_loss, output = _optimizer_step(model, optimizer, loss_fn, xb, yb)
+                        step_losses.append(step_loss)
+                        loss_sum += step_loss.to(loss_sum.dtype) * (hi - lo)
+                        hits = _correct(output, yb)
+                        has_accuracy = has_accuracy and hits is not None
+                        if hits is not None:
+                            correct += hits
+                        seen += hi - lo
+                        bar.update()
+                        if len(step_losses) - checked >= check_every:
+                            _raise_if_diverged(
+                                step_losses,
+                                epoch=epoch,
+                                first_step=checked,
+                                optimizer=optimizer,
+                                history=history,
+                                inputs=x,
+                            )
+                            checked = len(step_losses)
+                        if interrupt.requested:
+                            break
+                    _raise_if_diverged(
+                        step_losses, epoch=epoch, first_step=checked, optimizer=optimizer, history=history, inputs=x
+                    )
+                    if interrupt.requested and len(step_losses) < n_batches:
+                        raise _interrupted(history, epoch, step_losses)
+                    batch_loss = torch.stack(step_losses).float().cpu().tolist()  # one sync per epoch
+                    train_loss = float(loss_sum) / seen
+                    train_accuracy = int(correct) / seen if has_accuracy else math.nan
+                    val_loss = val_accuracy = math.nan
+                    if val_data is not None:
+                        val_loss, val_accuracy = evaluate(
+                            model, val_data, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+                        )
+                    history.batch_loss.extend(batch_loss)  # the epoch's steps and summary enter together
+                    history.add_epoch(
+                        train_loss=train_loss,
+                        train_accuracy=train_accuracy,
+                        val_loss=val_loss,
+                        val_accuracy=val_accuracy,
+                        seconds=time.perf_counter() - start_time,
+                    )
+                    bar.set_postfix(loss=f"{train_loss:.4f}", val_accuracy=f"{val_accuracy:.4f}")
+                if interrupt.requested:
+                    raise _interrupted(history, epoch, step_losses)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as error:  # one that did not wait for the step to end
+        raise _interrupted(history, epoch, step_losses) from error
     finally:
         model.train(was_training)
     return history

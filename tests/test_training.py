@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlib.models import MLP
-from bnlib.training import evaluate, fit
+from bnlib.training import TrainingDivergedError, TrainingInterrupted, evaluate, fit
 
 
 def blobs(n=96, seed=0):
@@ -198,3 +199,190 @@ def test_evaluate_bad_arguments():
         evaluate(fresh(), blobs(), batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="empty"):
         evaluate(fresh(), (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), device="cpu")
+
+
+# Device rule -----------------------------------------------------------------------------------
+
+
+def test_fit_and_evaluate_compute_where_the_model_is_unless_told(monkeypatch):
+    # With an accelerator "available", get_device() says cuda; a model on the CPU must still train there.
+    monkeypatch.delenv("BNLIB_DEVICE", raising=False)
+    monkeypatch.setattr("bnlib.device.available_devices", lambda: ["cuda", "cpu"])
+    model = fresh()
+    history = fit(model, blobs(), epochs=1, batch_size=16, progress=False)
+    loss, _ = evaluate(model, blobs(20))
+    assert history.epochs == 1 and math.isfinite(loss) and next(model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="not a device name"):  # the explicit argument is still checked first
+        fit(model, blobs(), epochs=1, batch_size=16, progress=False, device="gpu-please")
+
+
+# The loop's pieces, reused by other loops --------------------------------------------------------
+
+
+def test_the_private_helpers_rebuild_fit_bit_for_bit():
+    from bnlib.training import (
+        _batch_bounds,
+        _batch_count,
+        _epoch_order,
+        _optimizer_step,
+        _seeded_generator,
+        _take_batch,
+    )
+
+    x, y = blobs(100)
+    model, reference = fresh(), fresh()
+    history = run(model, (x, y), seed=7, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    generator, losses = _seeded_generator(7), []
+    n_batches = _batch_count(100, 16, drop_last=False)
+    torch.manual_seed(7)  # what fit's seed_everything does to the global generator
+    for _ in range(2):
+        order = _epoch_order(100, shuffle=True, generator=generator, device="cpu")
+        for lo, hi in _batch_bounds(100, 16, n_batches):
+            loss, _ = _optimizer_step(reference, optimizer, F.cross_entropy, *_take_batch(x, y, order, lo, hi))
+            losses.append(loss.item())
+    assert history.batch_loss == losses
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert _batch_bounds(10, 4, _batch_count(10, 4, drop_last=False)) == [(0, 4), (4, 8), (8, 10)]
+    assert (
+        _batch_count(10, 4, drop_last=True) == 2
+        and _epoch_order(5, shuffle=False, generator=None, device="cpu") is None
+    )
+
+
+# Never a silent NaN ------------------------------------------------------------------------------
+
+
+class NaNAt(nn.Module):
+    """An MLP whose training forward number ``at`` (from 1) returns NaN; counts its training forwards."""
+
+    def __init__(self, at):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.at, self.calls = MLP((4, 16, 3)), at, 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                out = out * float("nan")
+        return out
+
+
+def test_a_model_emitting_nan_stops_fit_at_that_step_with_the_finished_epochs():
+    model = NaNAt(8).eval()  # 96 examples / 16 = 6 steps an epoch: step 8 of the run is epoch 2, step 2
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, step 2 \(step 8 of the run\)") as caught:
+        run(model, blobs(), epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
+    error = caught.value
+    assert isinstance(error, ValueError) and isinstance(error, FloatingPointError)
+    assert (error.epoch, error.step, error.learning_rates) == (2, 2, [0.05]) and math.isnan(error.loss)
+    assert model.calls == 8, "training went on after the NaN"
+    assert error.history.epochs == 1 and len(error.history.batch_loss) == 6
+    assert all(math.isfinite(v) for v in error.history.batch_loss + error.history.train_loss)
+    assert math.isfinite(error.epoch_batch_loss[0]) and math.isnan(error.epoch_batch_loss[1])
+    assert not model.training  # the mode it started in
+
+
+@pytest.mark.parametrize(("interval", "calls"), [(4, 6 + 4), (100, 6 + 6)])
+def test_checking_every_few_steps_as_on_an_accelerator_still_names_the_first_bad_step(monkeypatch, interval, calls):
+    # On an accelerator the losses are checked every 32 steps (one sync) and at the end of each epoch.
+    monkeypatch.setattr("bnlib.training._divergence_check_interval", lambda device: interval)
+    model = NaNAt(8)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 2 \(step 8 of the run\)") as caught:
+        run(model, blobs(), epochs=3)
+    assert model.calls == calls  # stops at the next check, not at the end of the run
+    assert caught.value.history.epochs == 1 and len(caught.value.history.batch_loss) == 6  # epoch 2 not recorded
+
+
+def test_a_huge_learning_rate_is_named_in_the_error():
+    model = fresh()
+    with pytest.raises(TrainingDivergedError, match=r"learning rate\(s\) 1e\+30") as caught:
+        run(model, blobs(), epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=1e30))
+    error = caught.value
+    assert error.learning_rates == [1e30] and error.step == len(error.epoch_batch_loss)
+    assert not math.isfinite(error.epoch_batch_loss[-1]) and all(math.isfinite(v) for v in error.epoch_batch_loss[:-1])
+    assert all(math.isfinite(v) for v in error.history.batch_loss)
+
+
+def test_nan_inputs_stop_fit_and_the_error_blames_the_data():
+    x, y = blobs()
+    x[10, 2] = float("nan")
+    x[50, 0] = float("inf")
+    with pytest.raises(TrainingDivergedError, match=r"training inputs hold 2 NaN or infinite") as caught:
+        run(fresh(), (x, y), epochs=2, shuffle=False)
+    assert (caught.value.epoch, caught.value.step, caught.value.history.epochs) == (1, 1, 0)
+
+
+# Ctrl-C ------------------------------------------------------------------------------------------
+
+
+class InterruptAt(nn.Module):
+    """An MLP that is interrupted during its training forward number ``at``: by raising, or by SIGINT."""
+
+    def __init__(self, at, *, how="raise", times=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.at, self.how, self.times, self.calls = MLP((4, 16, 3)), at, how, times, 0
+        self.net.register_forward_pre_hook(self.hook)
+
+    def hook(self, module, args):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                if self.how == "raise":
+                    raise KeyboardInterrupt
+                for _ in range(self.times):
+                    signal.raise_signal(signal.SIGINT)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_keyboard_interrupt_in_a_step_keeps_the_finished_epochs():
+    model = InterruptAt(8).eval()
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after 1 step") as caught:
+        run(model, blobs(), val=blobs(20, seed=3), epochs=3)
+    error = caught.value
+    assert isinstance(error, KeyboardInterrupt)
+    assert error.history.epochs == 1 and len(error.history.batch_loss) == 6 and len(error.history.val_loss) == 1
+    assert (error.epoch, error.steps, len(error.epoch_batch_loss)) == (2, 1, 1)
+    assert not model.training
+
+
+def sigint_is_default():
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(not sigint_is_default(), reason="SIGINT has a non-default handler in this test process")
+def test_ctrl_c_lets_the_step_finish_then_stops():
+    model = InterruptAt(8, how="signal")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after 2 step") as caught:
+        run(model, blobs(), epochs=3, shuffle=False, optimizer=optimizer)
+    error = caught.value
+    assert error.history.epochs == 1 and (error.epoch, error.steps) == (2, 2) and model.calls == 8
+    assert sigint_is_default(), "fit must restore the SIGINT handler"
+    # Step 8 was completed: the weights are those of 8 plain SGD steps.
+    reference = InterruptAt(0)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    x, y = blobs()
+    for step in range(8):
+        lo = (step % 6) * 16
+        loss = F.cross_entropy(reference(x[lo : lo + 16]), y[lo : lo + 16])
+        reference_optimizer.zero_grad()
+        loss.backward()
+        reference_optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+@pytest.mark.skipif(not sigint_is_default(), reason="SIGINT has a non-default handler in this test process")
+def test_ctrl_c_twice_stops_at_once_and_ctrl_c_in_the_last_step_keeps_every_epoch():
+    model = InterruptAt(8, how="signal", times=2)
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after 1 step") as caught:
+        run(model, blobs(), epochs=3)
+    assert caught.value.history.epochs == 1 and caught.value.steps == 1 and sigint_is_default()
+    last = InterruptAt(12, how="signal")
+    with pytest.raises(TrainingInterrupted, match="after epoch 2") as caught:
+        run(last, blobs(), epochs=2)
+    assert caught.value.history.epochs == 2 and caught.value.epoch is None and caught.value.steps == 0
