@@ -21,7 +21,24 @@ from bnlib.device import get_device
 from bnlib.notebook import Stopwatch, check_close, check_that, describe_environment, show_source
 from bnlib.preprocessing import min_max_normalize, z_score_normalize
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; in a checkout that was never installed, pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bnlib")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text()) if pyproject.is_file() else None
+        return found.group(1) if found else "0+unknown"
+
+
+#: From the package metadata (``importlib.metadata.version("bnlib")``): pyproject.toml's version, written once at install.
+__version__: str = _version()
 
 __all__ = [
     "__version__",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,10 +139,54 @@ def test_import_is_fast_and_does_not_import_tensorflow():
     assert seconds < 2.0, f"import bnlib took {seconds:.2f} s"
 
 
+# The submodules `import bnlib` loads for its top-level names; every other one waits for first use.
+EAGER = {"config", "device", "data", "preprocessing", "notebook"}
+HEAVY = ("torch", "tensorflow", "keras", "matplotlib", "pandas", "seaborn", "scipy")
+
+
+def loaded_heavy_modules(code, pythonpath=None):
+    """Run ``code`` in a fresh interpreter; the lazy bnlib submodules and heavy libraries it left in sys.modules."""
+    lazy = sorted(f"bnlib.{name}" for name in bnlib._SUBMODULES - EAGER)
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {[*lazy, *HEAVY]!r} if m in sys.modules))"
+    env = None if pythonpath is None else {**os.environ, "PYTHONPATH": str(pythonpath)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=pythonpath, check=True
+    )
+    return result.stdout.split()
+
+
 def test_submodules_load_lazily():
-    assert bnlib.preprocessing.min_max_normalize is bnlib.min_max_normalize
+    """`import bnlib` in a fresh process loads no lazy submodule and no heavy library; first use loads one."""
+    assert {"layers", "training", "probes", "plotting", "keras", "inference"} <= bnlib._SUBMODULES - EAGER
+    assert loaded_heavy_modules("import bnlib") == []
+    after_use = loaded_heavy_modules("import bnlib\nbnlib.layers.BatchNorm(3)")
+    assert {"bnlib.layers", "torch"} <= set(after_use) and "bnlib.keras" not in after_use
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         bnlib.nope  # noqa: B018
+
+
+def test_lazy_import_check_catches_an_eager_import(tmp_path):
+    """The check above fails for a copy of bnlib whose __init__ imports one submodule eagerly."""
+    copy = tmp_path / "bnlib"
+    shutil.copytree(Path(bnlib.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(init.read_text() + "\nfrom bnlib import probes  # eager, as a careless edit would do\n")
+    loaded = loaded_heavy_modules("import bnlib\nassert bnlib.__file__.startswith(" + repr(str(copy)) + ")", tmp_path)
+    assert {"bnlib.probes", "torch"} <= set(loaded)
+
+
+def test_version_is_the_package_metadata_and_pyproject_version():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert bnlib.__version__ == pyproject["project"]["version"] == importlib.metadata.version("bnlib")
+
+
+def test_version_of_a_checkout_that_was_never_installed(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert bnlib._version() == importlib.metadata.distribution("bnlib").metadata["Version"]  # read from pyproject.toml
 
 
 def test_describe_environment_names_device_and_profile(monkeypatch):
