@@ -37,10 +37,13 @@ is large relative to the spread (it can even come out negative).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from bnlib import _checks
 
 if TYPE_CHECKING:  # torch is imported lazily so that NumPy users never pay for it
     import torch
@@ -51,11 +54,15 @@ __all__ = [
     "batch_norm_backward",
     # torch helpers shared by every norm layer
     "batch_norm_dims",
+    "batch_statistics",
     "moments",
     "normalize",
     "affine",
+    "running_average",
     "update_running_",
+    "copy_together_",
     "check_input",
+    "values_readable",
     "check_finite_statistics",
     # torch functional forms
     "batch_norm",
@@ -96,9 +103,10 @@ def batch_norm_forward(
         \hat x_i = \frac{x_i - \mu}{\sqrt{\sigma^2 + \epsilon}},\quad
         y_i = \gamma \hat x_i + \beta.
 
-    The variance is the biased (population) one, computed in two passes.
-    Running statistics are not this function's business; see
-    :class:`bnlib.layers.BatchNorm`.
+    The variance is the biased (population) one, computed in two passes, in
+    float32 at least (a float16 input is returned as float16, its statistics
+    taken in float32, as torch does). Running statistics are not this
+    function's business; see :class:`bnlib.layers.BatchNorm`.
 
     Args:
         x: activations, shape (N, D) or (N, C, H, W) (any (N, C, ...) works).
@@ -111,8 +119,11 @@ def batch_norm_forward(
         :func:`batch_norm_backward` needs (``xhat``, ``inv_std``, ``gamma``, ``axes``).
 
     Raises:
-        ValueError: ``x`` has fewer than 2 dimensions, or ``gamma``/``beta``
-        do not have one entry per feature.
+        ValueError: ``x`` has fewer than 2 dimensions, one value per feature
+        (a batch of one: the variance is 0 and every output beta), NaN or
+        infinite values; ``gamma``/``beta`` do not have one finite entry per
+        feature; ``eps`` is negative, NaN or infinite, or 0 with a constant
+        feature (a division by zero).
 
     Example:
         >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
@@ -125,19 +136,42 @@ def batch_norm_forward(
     if x.dtype.kind != "f":
         raise TypeError(f"batch_norm_forward expects a floating-point array, got dtype {x.dtype}; use x.astype(float)")
     axes = _np_batch_axes(x, "batch_norm_forward")
-    gamma, beta = np.asarray(gamma, dtype=x.dtype), np.asarray(beta, dtype=x.dtype)
+    eps = _checks.nonnegative_float(
+        eps, "eps", hint="e.g. 1e-5; eps > 0 keeps a constant feature from dividing by zero"
+    )
+    compute = np.promote_types(x.dtype, np.float32)  # float16 sums of squares overflow at 65,504: float32 at least
+    gamma = _checks.array_like(gamma, "gamma").astype(compute)
+    beta = _checks.array_like(beta, "beta").astype(compute)
     if gamma.shape != (x.shape[1],) or beta.shape != (x.shape[1],):
         raise ValueError(
             f"gamma and beta must have shape ({x.shape[1]},), one entry per feature of x with shape {x.shape}; "
             f"got {gamma.shape} and {beta.shape}"
         )
+    m = x.size // x.shape[1] if x.shape[1] else 0
+    if m < 2:
+        raise ValueError(
+            f"batch_norm_forward needs more than 1 value per feature to take a variance, got shape {x.shape} "
+            f"({m} value(s) per feature): the output would be beta whatever x is; use a batch of 2 or more"
+        )
+    if not np.isfinite(x).all():
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(x))[:, 1]})
+        raise ValueError(
+            f"batch_norm_forward got NaN or infinite values in feature(s) {bad[:10]} of x with shape {x.shape}; "
+            "every output of those features would be NaN: find where they come from (np.isfinite(x).all())"
+        )
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # broadcast per feature: (1, C, 1, 1)
-    mean = x.mean(axis=axes, keepdims=True)
-    centered = x - mean
+    xc = x.astype(compute, copy=False)
+    mean = xc.mean(axis=axes, keepdims=True)
+    centered = xc - mean
     var = (centered**2).mean(axis=axes, keepdims=True)  # two-pass, biased
+    if eps == 0 and (var == 0).any():
+        raise ValueError(
+            f"batch_norm_forward with eps=0 divides by zero: feature(s) {np.flatnonzero(var.reshape(-1) == 0)[:10].tolist()} "
+            "are constant over the batch; use eps > 0 such as 1e-5"
+        )
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = centered * inv_std
-    y = gamma.reshape(shape) * xhat + beta.reshape(shape)
+    y = (gamma.reshape(shape) * xhat + beta.reshape(shape)).astype(x.dtype, copy=False)
     cache = {"xhat": xhat, "inv_std": inv_std, "gamma": gamma.reshape(shape), "axes": axes}
     return y, cache
 
@@ -175,15 +209,22 @@ def batch_norm_backward(dy: np.ndarray, cache: dict[str, Any]) -> tuple[np.ndarr
         >>> bool(np.allclose(dx, 0)), dbeta   # a constant upstream gradient is absorbed by the mean
         (True, array([8., 8., 8.]))
     """
-    dy = np.asarray(dy)
+    if not isinstance(cache, dict) or not {"xhat", "inv_std", "gamma", "axes"} <= set(cache):
+        raise TypeError(
+            f"cache must be the dict returned by batch_norm_forward, got {type(cache).__name__}; "
+            "pass the second value of y, cache = batch_norm_forward(x, gamma, beta)"
+        )
     xhat, inv_std, gamma, axes = cache["xhat"], cache["inv_std"], cache["gamma"], cache["axes"]
-    if dy.shape != xhat.shape:
-        raise ValueError(f"dy must have the shape of the forward input {xhat.shape}, got {dy.shape}")
+    dy_in = np.asarray(dy)
+    if dy_in.shape != xhat.shape:
+        raise ValueError(f"dy must have the shape of the forward input {xhat.shape}, got {dy_in.shape}")
+    dy = _checks.array_like(dy_in, "dy").astype(xhat.dtype, copy=False)
     m = xhat.size // xhat.shape[1]
     dbeta = dy.sum(axis=axes, keepdims=True)
     dgamma = (dy * xhat).sum(axis=axes, keepdims=True)
     dx = gamma * inv_std / m * (m * dy - dbeta - xhat * dgamma)
-    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
+    out = dy_in.dtype if dy_in.dtype.kind == "f" else xhat.dtype
+    return dx.astype(out, copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
 
 
 # --------------------------------------------------------------------------
@@ -304,14 +345,34 @@ def affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
     return x
 
 
-def update_running_(running: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> torch.Tensor:
-    r"""In place: ``running = (1 - momentum) * running + momentum * batch_value``; returns ``running``.
+def running_average(running: torch.Tensor, batch_value: torch.Tensor, momentum: float | torch.Tensor) -> torch.Tensor:
+    r"""``(1 - momentum) * running + momentum * batch_value``, out of place: the one running-average formula.
 
     PyTorch's convention: ``momentum`` is the weight of the **new** batch
     (default 0.1). Keras's ``momentum`` is the weight of the **old** estimate
     (default 0.99), so Keras ``momentum = 1 - torch momentum``. A cumulative
-    average (PyTorch's ``momentum=None``) is ``momentum = 1 / t`` at step ``t``.
-    Runs without recording gradients; ``batch_value`` is detached.
+    average (PyTorch's ``momentum=None``) is ``momentum = 1 / t`` at step ``t``;
+    ``momentum`` may then be a tensor (no ``float()``, so no GPU
+    synchronization and nothing that stops ``torch.func.vmap`` or ``torch.compile``).
+
+    Example:
+        >>> import torch
+        >>> running_average(torch.zeros(2), torch.tensor([1.0, 2.0]), 0.1)
+        tensor([0.1000, 0.2000])
+    """
+    import torch
+
+    batch_value = batch_value.detach().to(running.dtype)
+    if isinstance(momentum, torch.Tensor):
+        return running * (1.0 - momentum) + batch_value * momentum
+    return running.mul(1.0 - momentum).add(batch_value, alpha=momentum)
+
+
+def update_running_(running: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> torch.Tensor:
+    r"""In place: ``running = (1 - momentum) * running + momentum * batch_value``; returns ``running``.
+
+    :func:`running_average` written into ``running``, without recording
+    gradients (``batch_value`` is detached). ``momentum`` must be in [0, 1].
 
     Example:
         >>> import torch
@@ -321,9 +382,66 @@ def update_running_(running: torch.Tensor, batch_value: torch.Tensor, momentum: 
     """
     import torch
 
+    momentum = _checks.probability(momentum, "momentum", hint="the weight of the new batch (PyTorch's convention)")
     with torch.no_grad():
-        running.mul_(1.0 - momentum).add_(batch_value.detach().to(running.dtype), alpha=momentum)
+        running.copy_(running_average(running, batch_value, momentum))
     return running
+
+
+def _functorch_active() -> bool:
+    import torch
+
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def values_readable(x: torch.Tensor) -> bool:
+    """True when ``x``'s values can be read in Python now: eager mode, outside ``torch.func`` transforms, not meta.
+
+    The finiteness checks of the batch-norm family read a boolean from a
+    tensor. Under ``torch.func.vmap`` (and the other ``torch.func``
+    transforms) that is impossible, and under ``torch.compile`` it would split
+    the graph; on the meta device there are no values. There the checks are
+    skipped, and NaN or infinite input propagates into the output and the
+    running statistics, exactly as in ``torch.nn.BatchNorm2d``.
+
+    Example:
+        >>> import torch
+        >>> values_readable(torch.zeros(2)), values_readable(torch.zeros(2, device="meta"))
+        (True, False)
+        >>> torch.func.vmap(lambda t: torch.tensor(values_readable(t)))(torch.zeros(3, 2))
+        tensor([False, False, False])
+    """
+    import torch
+
+    if torch.compiler.is_compiling():
+        return False
+    return not _functorch_active() and x.device.type != "meta"
+
+
+def copy_together_(targets: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    """Copy each value into its target in one call, so that an interrupt (Ctrl-C) cannot split the writes.
+
+    In eager mode one ``torch._foreach_copy_`` (a single C++ call: Python's
+    signal handlers only run between calls); under ``torch.func`` transforms,
+    which have no rule for it, and under ``torch.compile`` (where the whole
+    graph is one call anyway), consecutive ``copy_`` calls with nothing in
+    between. Gradients are not recorded.
+
+    Example:
+        >>> import torch
+        >>> mean, count = torch.zeros(2), torch.tensor(0)
+        >>> copy_together_([mean, count], [torch.ones(2), count + 1])
+        >>> mean, count
+        (tensor([1., 1.]), tensor(1))
+    """
+    import torch
+
+    with torch.no_grad():
+        if torch.compiler.is_compiling() or _functorch_active():
+            for target, value in zip(targets, values, strict=True):
+                target.copy_(value)
+        else:
+            torch._foreach_copy_(list(targets), list(values))
 
 
 def check_input(
@@ -388,12 +506,22 @@ def check_input(
         )
 
 
-def check_finite_statistics(mean: torch.Tensor, var: torch.Tensor, layer: str) -> None:
-    """Raise ValueError if a batch's statistics contain NaN or infinity (before they reach a running average).
+def check_finite_statistics(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    layer: str,
+    *,
+    running: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+) -> None:
+    """Raise ValueError if a batch's statistics (or the running ones they lead to) hold NaN or infinity.
 
     A single NaN in the input makes its channel's mean NaN, so checking the
     (C,)-sized statistics finds bad input at a fraction of the cost of
-    scanning ``x``. It does synchronize a GPU once per call.
+    scanning ``x``. ``running`` is ``(new_running_mean, new_running_spread,
+    spread_name)`` in the buffers' dtype: a finite batch can still overflow a
+    float16 buffer. One GPU synchronization per call. Skipped (returns
+    without looking) where :func:`values_readable` is False: under
+    ``torch.func`` transforms, ``torch.compile`` and on the meta device.
 
     Example:
         >>> import torch
@@ -404,20 +532,102 @@ def check_finite_statistics(mean: torch.Tensor, var: torch.Tensor, layer: str) -
     """
     import torch
 
+    if not values_readable(mean):
+        return
     bad = ~(torch.isfinite(mean) & torch.isfinite(var))
+    if bad.ndim > 1:  # (k, C), or (1, C, 1, 1) with kept dims: one flag per channel
+        bad = bad.reshape(bad.shape[0], -1).any(0)
+    overflow = None
+    if running is not None:
+        overflow = ~(torch.isfinite(running[0]) & torch.isfinite(running[1])).reshape(-1)
+        if not bool(bad.any() | overflow.any()):
+            return
+    elif not bool(bad.any()):
+        return
+
+    def listed(flags: torch.Tensor) -> list:
+        channels = torch.nonzero(flags.reshape(-1)).reshape(-1).tolist()
+        return channels[:10] + (["..."] if len(channels) > 10 else [])
+
     if bool(bad.any()):
-        channels = torch.nonzero(bad.reshape(-1)).reshape(-1).tolist()
-        shown = channels[:10] + (["..."] if len(channels) > 10 else [])
         raise ValueError(
-            f"{layer}: the batch statistics of channel(s) {shown} are NaN or infinite, so the input holds NaN or "
+            f"{layer}: the batch statistics of channel(s) {listed(bad)} are NaN or infinite, so the input holds NaN or "
             "infinite values (or overflows its dtype); the running statistics were NOT updated. Find where the "
             "non-finite values come from (torch.isfinite(x).all()), e.g. a too-large learning rate"
         )
+    raise ValueError(
+        f"{layer}: the new running_mean or {running[2]} of channel(s) {listed(overflow)} would be NaN or infinite in "
+        f"{running[0].dtype} (the batch statistics are finite but overflow the buffers' dtype); the running "
+        "statistics were NOT updated. Scale the input down, or keep the layer in float32 (layer.float()) and use "
+        "torch.autocast for reduced precision"
+    )
 
 
 # --------------------------------------------------------------------------
 # torch functional forms: the layers in bnlib.layers call these
 # --------------------------------------------------------------------------
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    import torch
+
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _functional_eps(eps: object, name: str) -> float:
+    return _checks.nonnegative_float(eps, f"{name}: eps", hint="e.g. 1e-5 (the layers require eps > 0)")
+
+
+def _check_parameter(value: torch.Tensor | None, what: str, size: int, name: str) -> None:
+    import torch
+
+    if value is None:
+        return
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or tuple(value.shape) != (size,):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"{name}: {what} must be a floating-point tensor of shape ({size},) (one per channel), got {got}"
+        )
+
+
+def _refuse_zero_variance(var: torch.Tensor, eps: float, name: str) -> None:
+    # eps = 0 is allowed in the functional forms (as in torch), but a constant group would divide by zero.
+    if eps == 0 and values_readable(var) and bool((var == 0).any()):
+        raise ValueError(
+            f"{name}: eps=0 and a group of values with zero variance (a constant channel or sample) would divide by "
+            "zero (NaN or inf); use eps > 0 such as 1e-5"
+        )
+
+
+def batch_statistics(
+    x: torch.Tensor, *, name: str = "batch_norm", has_running: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and biased variance over (N, *), kept as (1, C, 1, ...), and the count m per channel.
+
+    The batch-norm family's statistics. Refuses one value per channel (the
+    variance is undefined; PyTorch refuses too) with a message that says
+    what to do: ``.eval()`` when there are running statistics
+    (``has_running``), a larger batch otherwise.
+
+    Example:
+        >>> import torch
+        >>> mean, var, m = batch_statistics(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+        >>> mean.tolist(), var.tolist(), m
+        ([[2.0, 4.0]], [[1.0, 4.0]], 2)
+    """
+    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    if count < 2:
+        fix = (
+            "call .eval() to use the running statistics"
+            if has_running
+            else "there are no running statistics to fall back on (track_running_stats=False)"
+        )
+        raise ValueError(
+            f"{name}: batch statistics need more than 1 value per channel, got input shape {tuple(x.shape)} "
+            f"({count} value(s) per channel); use a batch of 2 or more, or {fix}"
+        )
+    mean, var = moments(x, batch_norm_dims(x.ndim))
+    return mean, var, count
 
 
 def batch_norm(
@@ -443,6 +653,15 @@ def batch_norm(
     same for ``running_var`` with the **unbiased** batch variance. In
     evaluation with running statistics they replace the batch statistics.
 
+    Conventions: a float16/bfloat16 input is normalized in float32 and
+    returned in its own dtype; the two running buffers are written together
+    (:func:`copy_together_`) after the new values are checked, so a bad batch
+    or an interrupt leaves both as they were. An empty batch (N = 0) returns
+    an empty output and updates nothing. NaN: in training, NaN or infinite
+    batch statistics raise before anything is written (``check_finite``);
+    where values cannot be read (:func:`values_readable`: ``torch.func``
+    transforms, ``torch.compile``) NaN propagates, as in PyTorch.
+
     Args:
         x: input (N, C) or (N, C, *).
         weight: gamma, shape (C,), or ``None``.
@@ -450,14 +669,18 @@ def batch_norm(
         running_mean: (C,) buffer updated in place, or ``None``.
         running_var: (C,) buffer (unbiased variance) updated in place, or ``None``.
         training: use (and record) batch statistics.
-        momentum: weight of the new batch in the running averages.
-        eps: added to the variance.
+        momentum: weight of the new batch in the running averages, in [0, 1].
+        eps: added to the variance; finite and ``>= 0`` (0 is refused when a
+            channel is constant).
         check_finite: in training, raise ValueError on NaN/inf batch
             statistics before the running averages are touched.
         name: how error messages name the caller, e.g. ``"BatchNorm(16)"``.
 
     Raises:
-        ValueError: batch statistics are needed but there is one value per channel.
+        ValueError: batch statistics are needed but there is one value per
+        channel; non-finite statistics; a bad ``eps`` or ``momentum``; a
+        parameter or buffer not of shape (C,).
+        TypeError: ``x`` is not a floating-point tensor.
 
     Example:
         >>> import torch
@@ -466,38 +689,90 @@ def batch_norm(
         tensor([[-1., -1.],
                 [ 1.,  1.]])
     """
-    dims = batch_norm_dims(x.ndim)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
-    use_batch_stats = training or running_mean is None or running_var is None
-    if use_batch_stats:
-        count = x.numel() // x.shape[1] if x.shape[1] else 0
-        if count < 2:
-            fix = (
-                "call .eval() to use the running statistics"
-                if running_mean is not None and running_var is not None
-                else "there are no running statistics to fall back on (track_running_stats=False)"
-            )
-            raise ValueError(
-                f"{name}: batch statistics need more than 1 value per channel, got input shape {tuple(x.shape)} "
-                f"({count} value(s) per channel); use a batch of 2 or more, or {fix}"
-            )
-        mean, var = moments(x, dims)
-        if check_finite and training:
+    check_input(x, name)
+    eps = _functional_eps(eps, name)
+    momentum = _checks.probability(
+        momentum, f"{name}: momentum", hint="the weight of the new batch (PyTorch's convention)"
+    )
+    c = x.shape[1]
+    for what, value in (
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        _check_parameter(value, what, c, name)
+    compute = _compute_dtype(x)
+    xc = x.to(compute)
+    weight = None if weight is None else weight.to(compute)
+    bias = None if bias is None else bias.to(compute)
+    if x.numel() == 0:  # an empty batch: an empty output, nothing to learn from (as torch)
+        return affine(xc, weight, bias).to(x.dtype)
+    shape = (1, c) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
+    has_running = running_mean is not None and running_var is not None
+    if training or not has_running:
+        mean, var, count = batch_statistics(xc, name=name, has_running=has_running)
+        if training and has_running:
+            new_mean = running_average(running_mean.to(compute), mean.reshape(-1), momentum).to(running_mean.dtype)
+            new_var = running_average(running_var.to(compute), var.reshape(-1) * (count / (count - 1)), momentum)
+            new_var = new_var.to(running_var.dtype)
+            if check_finite:
+                check_finite_statistics(mean, var, name, running=(new_mean, new_var, "running_var"))
+            copy_together_([running_mean, running_var], [new_mean, new_var])
+        elif check_finite and training:
             check_finite_statistics(mean, var, name)
-        if training and running_mean is not None and running_var is not None:
-            update_running_(running_mean, mean.reshape(-1), momentum)
-            update_running_(running_var, var.reshape(-1) * (count / (count - 1)), momentum)
     else:
-        mean, var = running_mean.reshape(shape), running_var.reshape(shape)
-    return affine(normalize(x, mean, var, eps), weight, bias)
+        mean, var = running_mean.to(compute).reshape(shape), running_var.to(compute).reshape(shape)
+    _refuse_zero_variance(var, eps, name)
+    return affine(normalize(xc, mean, var, eps), weight, bias).to(x.dtype)
+
+
+def _moment_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    name: str,
+    grouped_shape: tuple[int, ...],
+    dims: tuple[int, ...],
+    unit: str,
+    fix: str,
+) -> torch.Tensor:
+    """Normalize ``x`` viewed as ``grouped_shape`` over ``dims``, in float32 for reduced precision; per-channel affine."""
+    eps = _functional_eps(eps, name)
+    _check_parameter(weight, "weight", x.shape[1], name)
+    _check_parameter(bias, "bias", x.shape[1], name)
+    grouped = x.to(_compute_dtype(x)).reshape(grouped_shape)
+    values = 1
+    for d in dims:
+        values *= grouped.shape[d]
+    if values < 2 and x.numel():
+        raise ValueError(f"{name} needs more than 1 {unit}, got shape {tuple(x.shape)}; {fix}")
+    mean, var = moments(grouped, dims)
+    _refuse_zero_variance(var, eps, name)
+    out = normalize(grouped, mean, var, eps).reshape(x.shape)
+    compute = out.dtype
+    weight = None if weight is None else weight.to(compute)
+    bias = None if bias is None else bias.to(compute)
+    return affine(out, weight, bias).to(x.dtype)
 
 
 def layer_norm(
-    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *, eps: float = 1e-5
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    name: str = "layer_norm",
 ) -> torch.Tensor:
     r"""Layer normalization (Ba et al. 2016): each sample over all of (C, *), per-channel affine.
 
     The same computation in training and evaluation: no running statistics.
+    Like every functional form here: float16/bfloat16 is normalized in
+    float32 and returned in its own dtype; ``eps >= 0`` (0 refused for a
+    constant sample); one value per sample is refused (the output would be
+    beta whatever the input). NaN in a sample makes that sample's output NaN
+    and no other (as PyTorch).
 
     Example:
         >>> import torch
@@ -505,14 +780,33 @@ def layer_norm(
         tensor([[-1.,  1.],
                 [-1.,  1.]])
     """
-    mean, var = moments(x, tuple(range(1, x.ndim)))
-    return affine(normalize(x, mean, var, eps), weight, bias)
+    check_input(x, name)
+    dims = tuple(range(1, x.ndim))
+    return _moment_norm(
+        x,
+        weight,
+        bias,
+        eps,
+        name,
+        tuple(x.shape),
+        dims,
+        "value per sample",
+        "the output would be beta whatever the input",
+    )
 
 
 def instance_norm(
-    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *, eps: float = 1e-5
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    name: str = "instance_norm",
 ) -> torch.Tensor:
     r"""Instance normalization (Ulyanov et al. 2016): each sample and channel over the spatial dims (*).
+
+    Conventions as :func:`layer_norm`; the input needs spatial dims (N, C, L)
+    or (N, C, H, W) with more than one position.
 
     Example:
         >>> import torch
@@ -520,8 +814,19 @@ def instance_norm(
         tensor([[[-1.,  1.],
                  [-1.,  1.]]])
     """
-    mean, var = moments(x, tuple(range(2, x.ndim)))
-    return affine(normalize(x, mean, var, eps), weight, bias)
+    check_input(
+        x,
+        name,
+        min_ndim=3,
+        expected="(N, C, L) or (N, C, H, W)",
+        hint="instance norm needs spatial axes: pass (N, C, H, W) or (N, C, L), not (N, C); for (N, C) features "
+        "use LayerNorm or BatchNorm",
+    )
+    dims = tuple(range(2, x.ndim))
+    return _moment_norm(
+        x, weight, bias, eps, name, tuple(x.shape), dims,
+        "spatial position per channel", "instance norm of a single value is always beta",
+    )  # fmt: skip
 
 
 def group_norm(
@@ -531,11 +836,13 @@ def group_norm(
     bias: torch.Tensor | None = None,
     *,
     eps: float = 1e-5,
+    name: str = "group norm",
 ) -> torch.Tensor:
     r"""Group normalization (Wu and He 2018): each sample over (C/G, *) within each of G channel groups.
 
     Reshapes (N, C, *) to (N, G, C/G, *) and reduces over all dims after the
-    group dim. ``num_groups=1`` is layer norm; ``num_groups=C`` is instance norm.
+    group dim. ``num_groups=1`` is layer norm; ``num_groups=C`` is instance
+    norm. Conventions as :func:`layer_norm`.
 
     Example:
         >>> import torch
@@ -543,14 +850,15 @@ def group_norm(
         >>> group_norm(x, 2, eps=0.0)
         tensor([[-1.,  1., -1.,  1.]])
     """
+    check_input(x, name)
+    num_groups = _checks.positive_int(num_groups, f"{name}: num_groups", hint="G, the number of channel groups")
     n, c = x.shape[0], x.shape[1]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"group norm: num_groups must be a positive integer, got {num_groups!r}")
     if c % num_groups:
         raise ValueError(
-            f"group norm: num_channels={c} is not divisible by num_groups={num_groups}; "
+            f"{name}: num_channels={c} is not divisible by num_groups={num_groups}; "
             f"choose num_groups among the divisors of {c}"
         )
-    grouped = x.reshape(n, num_groups, -1)  # (N, G, C/G * prod(*))
-    mean, var = moments(grouped, 2)
-    return affine(normalize(grouped, mean, var, eps).reshape(x.shape), weight, bias)
+    per_group = (c // num_groups) * math.prod(x.shape[2:])
+    return _moment_norm(
+        x, weight, bias, eps, name, (n, num_groups, per_group), (2,), "value per group", "use fewer groups"
+    )

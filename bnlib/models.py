@@ -18,6 +18,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from bnlib import _checks
+
 __all__ = ["LeNet5", "MLP", "init_like_source", "make_activation", "NormSpec"]
 
 #: What ``norm=`` accepts: nothing, a kind for :func:`bnlib.layers.make_norm`, or a factory.
@@ -150,6 +152,11 @@ class LeNet5(nn.Module):
     ) -> None:
         super().__init__()
         _check_position(norm_position)
+        softmax_output = _checks.boolean(
+            softmax_output, "softmax_output", hint="softmax_output=True reproduces the source's double-softmax bug"
+        )
+        in_channels = _checks.positive_int(in_channels, "in_channels", hint="1 for MNIST's grey images, 3 for RGB")
+        num_classes = _checks.positive_int(num_classes, "num_classes", hint="10 for MNIST's digits")
         if pool not in _POOLS:
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         factory = _norm_factory(norm)
@@ -218,9 +225,17 @@ class MLP(nn.Module):
         norm_position: str = "before",
     ) -> None:
         super().__init__()
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise _checks.ArgumentTypeError(
+                f"sizes must be a sequence of layer widths such as (784, 512, 10), got {type(sizes).__name__} {sizes!r}"
+            )
         sizes = tuple(sizes)
-        if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        if len(sizes) < 2:
             raise ValueError(f"sizes must be at least two positive integers (input, ..., outputs), got {sizes!r}")
+        sizes = tuple(
+            _checks.positive_int(s, f"sizes[{i}]", hint="sizes must be positive integers (input, ..., outputs)")
+            for i, s in enumerate(sizes)
+        )
         _check_position(norm_position)
         factory = _norm_factory(norm)
         blocks: list[nn.Module] = []

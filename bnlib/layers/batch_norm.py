@@ -1,30 +1,22 @@
 """Batch normalization as a ``torch.nn.Module``, written with tensor operations.
 
-The mathematics lives in :mod:`bnlib.functional` (:func:`~bnlib.functional.moments`,
-:func:`~bnlib.functional.normalize`, :func:`~bnlib.functional.affine`,
-:func:`~bnlib.functional.update_running_`); this module only chooses the axes
-(all but the channel dim 1) and keeps the state.
+The mathematics lives in :mod:`bnlib.functional` (:func:`~bnlib.functional.batch_statistics`,
+:func:`~bnlib.functional.normalize`, :func:`~bnlib.functional.affine`) and the
+state (buffers, the momentum rule, the running update) in
+:class:`bnlib.layers._base.RunningStatsNorm`; this module only puts them together.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from bnlib.functional import batch_norm, check_input
-from bnlib.layers._state import (
-    accepts_reduced_precision,
-    check_eps,
-    check_momentum,
-    check_num_features,
-    register_affine,
-    register_running_stats,
-)
+from bnlib import functional
+from bnlib.layers._base import RunningStatsNorm
 
 __all__ = ["BatchNorm"]
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(RunningStatsNorm):
     r"""Batch normalization for (N, C) and (N, C, \*) inputs, written from scratch.
 
     Ioffe and Szegedy (2015), "Batch Normalization: Accelerating Deep Network
@@ -56,18 +48,39 @@ class BatchNorm(nn.Module):
       (divide by m, the values per channel); ``running_var`` stores the unbiased
       one (divide by m - 1). Keras stores the biased one.
     * ``track_running_stats=False``: no buffers; batch statistics in evaluation too.
+      Switched after construction, as ``nn.BatchNorm2d``: set to False on a
+      layer that has buffers, they are no longer updated in training and are
+      still used in evaluation; set to True on a layer built without them,
+      batch statistics are used in both modes.
+    * **One step, all or nothing:** a training step writes
+      ``num_batches_tracked`` and both running statistics together, after the
+      new values are computed and checked; a rejected batch or an interrupt
+      (Ctrl-C) leaves all three as they were.
+    * **Empty batch** (N = 0): an empty output, as ``nn.BatchNorm2d``; nothing
+      is updated (torch counts the empty batch in ``num_batches_tracked``,
+      which shifts a ``momentum=None`` average; here the counter and the
+      statistics move together).
+    * **Memory format:** a channels_last input gives a channels_last output.
     * **Batch of one value per channel** in training (e.g. shape (1, C)): a
       ValueError, as in PyTorch, because its variance is undefined.
     * **NaN policy:** in training, NaN or infinite values in the input make the
       batch statistics non-finite; the layer raises a ValueError naming the
       channels *before* touching the running statistics, so one bad batch
-      cannot silently poison every later evaluation. In evaluation the layer
-      is elementwise: NaN in, NaN out, at that position only (as PyTorch).
-      Checking costs one small (C,) reduction and, on a GPU, one synchronization.
-    * **Mixed precision:** a float16 or bfloat16 input to float32 state (what
-      ``torch.autocast`` produces) is normalized in float32 and returned in the
-      input's dtype, as ``nn.BatchNorm2d`` does; any other dtype mismatch is a
-      TypeError. Every norm layer in :mod:`bnlib.layers` does the same.
+      cannot silently poison every later evaluation (a float16 layer also
+      refuses a batch whose new running statistics overflow float16). In
+      evaluation the layer is elementwise: NaN in, NaN out, at that position
+      only (as PyTorch). Checking costs one small (C,) reduction and, on a
+      GPU, one synchronization. Under ``torch.func`` transforms (``vmap``,
+      ``grad``) and ``torch.compile`` values cannot be read without breaking
+      the transform or splitting the graph, so there is no check: NaN
+      propagates to the output and the running statistics, exactly as in
+      ``nn.BatchNorm2d``. Check the loss (``fit`` does) when you use them.
+    * **Mixed precision:** a float16 or bfloat16 input is normalized in
+      float32 and returned in the input's dtype, as ``nn.BatchNorm2d`` does,
+      whether the layer is float32 (what ``torch.autocast`` produces) or
+      float16 itself (its buffers then store the float32 statistics rounded);
+      any other dtype mismatch is a TypeError. Every norm layer in
+      :mod:`bnlib.layers` does the same.
 
     Args:
         num_features: C, the channel (feature) count at dim 1.
@@ -93,8 +106,6 @@ class BatchNorm(nn.Module):
         ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
 
-    num_batches_tracked: torch.Tensor | None
-    running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
 
     def __init__(
@@ -108,65 +119,35 @@ class BatchNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.num_features = check_num_features(num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        register_affine(self, num_features, affine, device, dtype)
-        register_running_stats(self, num_features, track_running_stats, device, dtype)
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            device=device,
+            dtype=dtype,
+        )
 
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, step count 0 (as after construction)."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-            self.num_batches_tracked.zero_()
+    def _settings(self) -> dict[str, object]:
+        return {**super()._settings(), "track_running_stats": self.track_running_stats}
 
-    def reset_parameters(self) -> None:
-        """Reset the running statistics and set gamma to 1 and beta to 0."""
-        self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *) with batch statistics (training) or running statistics (evaluation)."""
-        reference = self.weight if self.weight is not None else self.running_mean
-        check_input(
-            x,
-            f"BatchNorm({self.num_features})",
-            num_features=self.num_features,
-            dtype=None if reference is None else reference.dtype,
-        )
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                momentum = 1.0 / float(self.num_batches_tracked)
-        name = f"BatchNorm({self.num_features})"
-        try:
-            return batch_norm(
-                x,
-                self.weight,
-                self.bias,
-                running_mean=self.running_mean,
-                running_var=self.running_var,
-                training=self.training,
-                momentum=momentum,
-                eps=self.eps,
-                name=name,
-            )
-        except ValueError:
-            if self.training and self.track_running_stats:
-                self.num_batches_tracked.sub_(1)  # the batch was rejected: it does not count
-            raise
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+        self._check_input(x)
+        compute = self._compute_dtype(x)
+        xc = x.to(compute)
+        weight, bias = self._affine_in(compute)
+        if x.numel() == 0:  # an empty batch: an empty output, nothing to learn from
+            return functional.affine(xc, weight, bias).to(x.dtype)
+        if self._uses_batch_statistics():
+            mean, var, count = functional.batch_statistics(xc, name=self._name(), has_running=self._has_running_stats())
+            if self._updates_running_stats():
+                self._update_running_stats(mean, var * (count / (count - 1)))  # running_var is unbiased
+            elif self.training:
+                functional.check_finite_statistics(mean, var, self._name())
+        else:
+            shape = (1, self.num_features) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
+            mean = self.running_mean.to(compute).reshape(shape)
+            var = self.running_var.to(compute).reshape(shape)
+        return functional.affine(functional.normalize(xc, mean, var, self.eps), weight, bias).to(x.dtype)

@@ -10,22 +10,14 @@ optimizer still takes one step per large batch.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from bnlib.functional import affine, check_finite_statistics, check_input, moments, normalize
-from bnlib.layers._state import (
-    accepts_reduced_precision,
-    check_eps,
-    check_momentum,
-    check_num_features,
-    register_affine,
-    register_running_stats,
-)
+from bnlib import _checks, functional
+from bnlib.layers._base import RunningStatsNorm
 
 __all__ = ["GhostBatchNorm"]
 
 
-class GhostBatchNorm(nn.Module):
+class GhostBatchNorm(RunningStatsNorm):
     r"""Batch norm applied separately to contiguous virtual batches of ``virtual_batch_size`` samples.
 
     Paper: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better:
@@ -85,64 +77,61 @@ class GhostBatchNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.num_features = check_num_features(num_features)
-        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-            raise ValueError(f"virtual_batch_size must be a positive integer, got {virtual_batch_size!r}")
-        self.virtual_batch_size = virtual_batch_size
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = affine
-        register_affine(self, num_features, affine, device, dtype)
-        register_running_stats(self, num_features, True, device, dtype)
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=True,
+            device=device,
+            dtype=dtype,
+        )
+        self.virtual_batch_size = _checks.positive_int(
+            virtual_batch_size, "virtual_batch_size", hint="the samples per virtual batch, e.g. 32"
+        )
 
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, counter 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-        self.num_batches_tracked.zero_()
+    def _positional(self) -> tuple[object, ...]:
+        return (self.num_features,)
 
-    @accepts_reduced_precision
+    def _settings(self) -> dict[str, object]:
+        return {"virtual_batch_size": self.virtual_batch_size, **super()._settings()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, repr(self), num_features=self.num_features, dtype=self.running_mean.dtype)
+        """Normalize each virtual batch of ``x`` (N, C, *) with its own statistics (training) or the running ones."""
+        self._check_input(x)
+        compute = self._compute_dtype(x)
+        xc = x.to(compute)
+        weight, bias = self._affine_in(compute)
+        if x.numel() == 0:  # an empty batch: an empty output, nothing to learn from
+            return functional.affine(xc, weight, bias).to(x.dtype)
         if not self.training:
             shape = (1, self.num_features) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
-            out = normalize(x, self.running_mean.reshape(shape), self.running_var.reshape(shape), self.eps)
-            return affine(out, self.weight, self.bias)
+            mean = self.running_mean.to(compute).reshape(shape)
+            var = self.running_var.to(compute).reshape(shape)
+            return functional.affine(functional.normalize(xc, mean, var, self.eps), weight, bias).to(x.dtype)
         n, v = x.shape[0], self.virtual_batch_size
         full = (n // v) * v
-        parts = [x[:full].reshape(n // v, v, *x.shape[1:])] if full else []  # (k, v, C, *): k chunks at once
+        parts = [xc[:full].reshape(n // v, v, *x.shape[1:])] if full else []  # (k, v, C, *): k chunks at once
         if full < n:
-            parts.append(x[full:].unsqueeze(0))  # (1, n - full, C, *): the shorter last chunk
+            parts.append(xc[full:].unsqueeze(0))  # (1, n - full, C, *): the shorter last chunk
         outputs, means, variances = [], [], []
         for part in parts:
             per_value = part[0].numel() // self.num_features
             if per_value < 2:
                 raise ValueError(
-                    f"{self!r} in training mode needs more than 1 value per channel in every virtual batch, but a "
-                    f"batch of {n} leaves a virtual batch of shape {tuple(part.shape[1:])}; use a batch size that is "
-                    f"a multiple of {v}, or call .eval() to use the running statistics"
+                    f"{self._name()} in training mode needs more than 1 value per channel in every virtual batch, "
+                    f"but a batch of {n} leaves a virtual batch of shape {tuple(part.shape[1:])}; use a batch size "
+                    f"that is a multiple of {v}, or call .eval() to use the running statistics"
                 )
             dims = (1, *range(3, part.ndim))  # samples and spatial dims of each chunk
-            mean, var = moments(part, dims)  # (k, 1, C, 1, 1)
-            check_finite_statistics(mean, var, repr(self))
-            outputs.append(normalize(part, mean, var, self.eps).reshape(-1, *x.shape[1:]))
+            mean, var = functional.moments(part, dims)  # (k, 1, C, 1, 1)
+            outputs.append(functional.normalize(part, mean, var, self.eps).reshape(-1, *x.shape[1:]))
             means.append(mean.reshape(-1, self.num_features))
             variances.append(var.reshape(-1, self.num_features) * (per_value / (per_value - 1)))
-        self._update_running(torch.cat(means), torch.cat(variances))
-        return affine(torch.cat(outputs) if len(outputs) > 1 else outputs[0], self.weight, self.bias)
-
-    @torch.no_grad()
-    def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:
-        # The k chunk statistics (k, C) folded in one at a time, as k calls of nn.BatchNorm would.
-        for mean, var in zip(means, variances):
-            self.num_batches_tracked.add_(1)
-            m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
-            self.running_var.mul_(1 - m).add_(var.to(self.running_var.dtype), alpha=m)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, eps={self.eps:g}, "
-            f"momentum={self.momentum}, affine={self.affine}"
-        )
+        means, variances = torch.cat(means), torch.cat(variances)  # (k, C): folded in order, one per chunk
+        if self._updates_running_stats():
+            self._update_running_stats(means, variances)  # as k calls of nn.BatchNorm, counter included
+        else:
+            functional.check_finite_statistics(means, variances, self._name())
+        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return functional.affine(out, weight, bias).to(x.dtype)

@@ -13,70 +13,28 @@ and evaluation compute the same thing, and a batch of one is fine. All three
 learn a per-channel scale ``weight`` (gamma) and shift ``bias`` (beta) when
 ``affine=True``, as in the group-norm paper (Wu and He 2018), which is what
 makes them interchangeable with batch norm after a convolution.
+
+Shared conventions (:class:`bnlib.layers._base.NormBase`): ``eps`` finite and
+``> 0``; float16/bfloat16 input normalized in float32 (a float16 sum of
+squares would overflow past 65,504 values and return beta) and returned in its
+own dtype, also for a float16 layer. NaN: these layers do not refuse it; a
+NaN or infinite value makes the output of its own sample (LayerNorm), sample
+and channel (InstanceNorm) or sample and group (GroupNorm) NaN and leaves the
+rest of the batch untouched, as PyTorch's layers do. They run under
+``torch.func`` transforms and ``torch.compile``.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
 
-from bnlib.functional import check_input, group_norm, instance_norm, layer_norm
-from bnlib.layers._state import accepts_reduced_precision, register_affine
+from bnlib import _checks, functional
+from bnlib.layers._base import NormBase
 
 __all__ = ["LayerNorm", "InstanceNorm", "GroupNorm"]
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number such as 1e-5, got {eps!r}")
-    return float(eps)
-
-
-class _ChannelAffine(nn.Module):
-    """Per-channel gamma and beta, and the input checks, shared by the three layers."""
-
-    def __init__(self, num_channels: int, eps: float, affine: bool, device, dtype) -> None:
-        super().__init__()
-        self.eps = _positive_eps(eps)
-        self.affine = affine
-        register_affine(self, num_channels, affine, device, dtype)
-
-    def reset_parameters(self) -> None:
-        """Set gamma to 1 and beta to 0."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def _check(
-        self,
-        x: torch.Tensor,
-        name: str,
-        num_channels: int,
-        *,
-        min_ndim: int = 2,
-        expected: str = "(N, C) or (N, C, *)",
-        hint: str | None = None,
-    ) -> None:
-        check_input(
-            x,
-            name,
-            num_features=num_channels,
-            min_ndim=min_ndim,
-            expected=expected,
-            dtype=None if self.weight is None else self.weight.dtype,
-            hint=hint,
-        )
-
-
-class LayerNorm(_ChannelAffine):
+class LayerNorm(NormBase):
     r"""Layer normalization: each sample normalized over all its features (C, \*).
 
     Ba, Kiros and Hinton (2016), "Layer Normalization"; for images as in Wu and
@@ -119,25 +77,15 @@ class LayerNorm(_ChannelAffine):
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, affine: bool = True, device=None, dtype=None) -> None:
-        self.num_features = _positive_int(num_features, "num_features")
-        super().__init__(num_features, eps, affine, device, dtype)
+        super().__init__(num_features, eps=eps, affine=affine, device=device, dtype=dtype)
 
-    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
-        self._check(x, f"LayerNorm({self.num_features})", self.num_features)
-        if math.prod(x.shape[1:]) < 2:
-            raise ValueError(
-                f"LayerNorm({self.num_features}) needs more than 1 value per sample, got shape {tuple(x.shape)}"
-            )
-        return layer_norm(x, self.weight, self.bias, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        self._check_input(x)
+        return functional.layer_norm(x, *self._affine_in(self._compute_dtype(x)), eps=self.eps, name=self._name())
 
 
-class InstanceNorm(_ChannelAffine):
+class InstanceNorm(NormBase):
     r"""Instance normalization: each sample and channel normalized over its spatial positions (\*).
 
     Ulyanov, Vedaldi and Lempitsky (2016), "Instance Normalization: The
@@ -174,34 +122,20 @@ class InstanceNorm(_ChannelAffine):
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, affine: bool = True, device=None, dtype=None) -> None:
-        self.num_features = _positive_int(num_features, "num_features")
-        super().__init__(num_features, eps, affine, device, dtype)
+        super().__init__(num_features, eps=eps, affine=affine, device=device, dtype=dtype)
 
-    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
-        name = f"InstanceNorm({self.num_features})"
-        self._check(
+        self._check_input(
             x,
-            name,
-            self.num_features,
             min_ndim=3,
             expected="(N, C, L) or (N, C, H, W)",
             hint="instance norm needs spatial axes; for (N, C) features use LayerNorm or BatchNorm",
         )
-        if math.prod(x.shape[2:]) < 2:
-            raise ValueError(
-                f"{name} needs more than 1 spatial position per channel, got shape {tuple(x.shape)}; "
-                "instance norm of a single value is always beta"
-            )
-        return instance_norm(x, self.weight, self.bias, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        return functional.instance_norm(x, *self._affine_in(self._compute_dtype(x)), eps=self.eps, name=self._name())
 
 
-class GroupNorm(_ChannelAffine):
+class GroupNorm(NormBase):
     r"""Group normalization: each sample normalized within groups of channels over (C/G, \*).
 
     Wu and He (2018), "Group Normalization". The C channels are split into
@@ -242,30 +176,24 @@ class GroupNorm(_ChannelAffine):
     def __init__(
         self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True, device=None, dtype=None
     ) -> None:
-        self.num_groups = _positive_int(num_groups, "num_groups")
-        self.num_channels = _positive_int(num_channels, "num_channels")
+        num_groups = _checks.positive_int(num_groups, "num_groups", hint="G, the number of channel groups")
+        num_channels = _checks.positive_int(num_channels, "num_channels", hint="C, the size of dim 1")
         if num_channels % num_groups:
             divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
             raise ValueError(
                 f"num_channels={num_channels} is not divisible by num_groups={num_groups}; "
                 f"choose num_groups from the divisors of {num_channels}: {divisors}"
             )
-        super().__init__(num_channels, eps, affine, device, dtype)
+        super().__init__(num_channels, eps=eps, affine=affine, device=device, dtype=dtype, features_name="num_channels")
+        self.num_groups = num_groups
+        self.num_channels = num_channels  # also num_features (C), for code that treats every norm layer alike
 
-    @property
-    def num_features(self) -> int:
-        """C, for code that treats every norm layer alike."""
-        return self.num_channels
+    def _positional(self) -> tuple[object, ...]:
+        return (self.num_groups, self.num_channels)
 
-    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (N, C, *); the same computation in training and evaluation."""
-        name = f"GroupNorm({self.num_groups}, {self.num_channels})"
-        self._check(x, name, self.num_channels)
-        if math.prod(x.shape[1:]) // self.num_groups < 2:
-            raise ValueError(f"{name} needs more than 1 value per group, got shape {tuple(x.shape)}; use fewer groups")
-        return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        self._check_input(x)
+        return functional.group_norm(
+            x, self.num_groups, *self._affine_in(self._compute_dtype(x)), eps=self.eps, name=self._name()
+        )

@@ -17,10 +17,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bnlib import _checks
+from bnlib.layers._base import NormBase
+
 __all__ = ["NoisyBatchNorm"]
 
 
-class NoisyBatchNorm(nn.Module):
+class NoisyBatchNorm(NormBase):
     r"""A normalization layer followed by random, time-varying scale and shift (training mode only).
 
     Paper: S. Santurkar, D. Tsipras, A. Ilyas, A. Madry, "How does batch
@@ -80,22 +83,17 @@ class NoisyBatchNorm(nn.Module):
         scale_range: tuple[float, float] = (1.0, 3.0),
         jitter: float = 0.1,
     ) -> None:
-        super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer (the channels C), got {num_features!r}")
-        if not isinstance(mean_range, (int, float)) or isinstance(mean_range, bool) or not mean_range >= 0:
-            raise ValueError(
-                f"mean_range must be a number >= 0 (shifts are drawn from U(-mean_range, mean_range)), got {mean_range!r}"
-            )
-        if (
-            not isinstance(scale_range, (tuple, list))
-            or len(scale_range) != 2
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale_range)
-            or not 0 < scale_range[0] <= scale_range[1]
-        ):
+        super().__init__(num_features)  # eps and gamma/beta belong to the inner norm
+        mean_range = _checks.nonnegative_float(
+            mean_range, "mean_range", hint="shifts are drawn from U(-mean_range, mean_range)"
+        )
+        if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
             raise ValueError(f"scale_range must be a pair (low, high) with 0 < low <= high, got {scale_range!r}")
-        if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not jitter >= 0:
-            raise ValueError(f"jitter must be a number >= 0, got {jitter!r}")
+        low = _checks.positive_float(scale_range[0], "scale_range[0]", hint="scales are drawn from U(low, high)")
+        high = _checks.positive_float(scale_range[1], "scale_range[1]", hint="scales are drawn from U(low, high)")
+        if low > high:
+            raise ValueError(f"scale_range must be a pair (low, high) with 0 < low <= high, got {scale_range!r}")
+        jitter = _checks.nonnegative_float(jitter, "jitter", hint="the size of the per-activation noise")
         if norm is None:
             from bnlib.layers.factory import make_norm  # the book's own batch norm
 
@@ -108,16 +106,16 @@ class NoisyBatchNorm(nn.Module):
             raise TypeError(
                 f"norm must be a callable num_features -> nn.Module (e.g. nn.BatchNorm1d) or None, got {type(norm).__name__}"
             )
-        self.num_features = num_features
-        self.mean_range = float(mean_range)
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.jitter = float(jitter)
+        self.mean_range = mean_range
+        self.scale_range = (low, high)
+        self.jitter = jitter
+
+    def _settings(self) -> dict[str, object]:
+        return {"mean_range": self.mean_range, "scale_range": self.scale_range, "jitter": self.jitter}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"NoisyBatchNorm({self.num_features}) expects input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
-            )
+        """The inner norm's output, then (in training) a random per-channel scale and shift and per-activation noise."""
+        self._check_input(x)
         y = self.norm(x)
         if not self.training:
             return y
@@ -129,6 +127,3 @@ class NoisyBatchNorm(nn.Module):
             scale = scale * (1 + self.jitter * torch.randn_like(y))
             shift = shift + self.jitter * torch.randn_like(y)
         return scale * y + shift
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, mean_range={self.mean_range:g}, scale_range={self.scale_range}, jitter={self.jitter:g}"

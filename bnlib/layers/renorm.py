@@ -13,43 +13,33 @@ running statistics are still poor (``r_max=1, d_max=0`` is plain batch norm).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bnlib.functional import (
-    affine,
-    batch_norm_dims,
-    check_finite_statistics,
-    check_input,
-    moments,
-    update_running_,
-)
-from bnlib.layers._state import (
-    accepts_reduced_precision,
-    check_eps,
-    check_momentum,
-    check_num_features,
-    register_affine,
-    register_running_stats,
-)
+from bnlib import _checks, functional
+from bnlib.layers._base import RunningStatsNorm
 
 __all__ = ["BatchRenorm", "RenormWarmup"]
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+def _check_r_max(value: object) -> float:
+    value = _checks.positive_float(value, "r_max", hint="r is clipped to [1/r_max, r_max]; r_max=1 is plain batch norm")
+    if value < 1:
+        raise ValueError(
+            f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {value}; r_max=1 is plain batch norm"
+        )
     return value
 
 
-class BatchRenorm(nn.Module):
+def _check_d_max(value: object) -> float:
+    return _checks.nonnegative_float(
+        value, "d_max", hint="d is clipped to [-d_max, d_max]; d_max=0 is plain batch norm"
+    )
+
+
+class BatchRenorm(RunningStatsNorm):
     r"""Batch renormalization of an (N, C) or (N, C, \*) input (Ioffe 2017, Algorithm 1).
 
     Paper: S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch
@@ -129,15 +119,18 @@ class BatchRenorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.num_features = check_num_features(num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=True,
+            device=device,
+            dtype=dtype,
+            spread="running_std",
+        )
         self.r_max = r_max
         self.d_max = d_max
-        self.affine = affine
-        register_affine(self, num_features, affine, device, dtype)
-        register_running_stats(self, num_features, True, device, dtype, spread="running_std")
         self.last_r = None
         self.last_d = None
 
@@ -148,12 +141,7 @@ class BatchRenorm(nn.Module):
 
     @r_max.setter
     def r_max(self, value: float) -> None:
-        value = _check_positive("r_max", value)
-        if value < 1:
-            raise ValueError(
-                f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {value}; r_max=1 is plain batch norm"
-            )
-        self._r_max = value
+        self._r_max = _check_r_max(value)
 
     @property
     def d_max(self) -> float:
@@ -161,49 +149,42 @@ class BatchRenorm(nn.Module):
 
     @d_max.setter
     def d_max(self, value: float) -> None:
-        self._d_max = _check_positive("d_max", value, allow_zero=True)
+        self._d_max = _check_d_max(value)
 
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running std 1, step counter 0."""
-        self.running_mean.zero_()
-        self.running_std.fill_(1.0)
-        self.num_batches_tracked.zero_()
+    def _settings(self) -> dict[str, object]:
+        return {
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "r_max": self.r_max,
+            "d_max": self.d_max,
+            "affine": self.affine,
+        }
 
-    @accepts_reduced_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, repr(self), num_features=self.num_features, dtype=self.running_mean.dtype)
+        """Renormalize ``x`` (N, C, *): batch statistics corrected by r and d in training, running ones in evaluation."""
+        self._check_input(x)
+        compute = self._compute_dtype(x)
+        xc = x.to(compute)
+        weight, bias = self._affine_in(compute)
+        if x.numel() == 0:  # an empty batch: an empty output, nothing to learn from
+            return functional.affine(xc, weight, bias).to(x.dtype)
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)  # (1, C, 1, 1)
+        running_mean = self.running_mean.to(compute).reshape(shape)
+        running_std = self.running_std.to(compute).reshape(shape)
         if not self.training:
-            return affine(
-                (x - self.running_mean.reshape(shape)) / self.running_std.reshape(shape), self.weight, self.bias
-            )
-        count = x.numel() // self.num_features
-        if count < 2:
-            raise ValueError(
-                f"{self!r} in training mode needs more than 1 value per channel, got input shape {tuple(x.shape)}; "
-                "use a batch of 2 or more, or call .eval() to use the running statistics"
-            )
-        mean, var = moments(x, batch_norm_dims(x.ndim))  # (1, C, 1, 1), biased
-        check_finite_statistics(mean, var, repr(self))
+            return functional.affine((xc - running_mean) / running_std, weight, bias).to(x.dtype)
+        mean, var, _ = functional.batch_statistics(xc, name=self._name(), has_running=True)  # (1, C, 1, 1), biased
         std = (var + self.eps).sqrt()
         with torch.no_grad():  # r and d are constants for backpropagation (the paper's stop_gradient)
-            running_mean = self.running_mean.reshape(shape)
-            running_std = self.running_std.reshape(shape)
             r = (std / running_std).clamp(1.0 / self.r_max, self.r_max)
             d = ((mean - running_mean) / running_std).clamp(-self.d_max, self.d_max)
-        xhat = (x - mean) / std * r + d
+        xhat = (xc - mean) / std * r + d
+        if self._updates_running_stats():
+            self._update_running_stats(mean, std)  # checks, then counter and statistics together
+        else:
+            functional.check_finite_statistics(mean, var, self._name())
         self.last_r, self.last_d = r.reshape(-1), d.reshape(-1)
-        self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        update_running_(self.running_mean, mean.reshape(-1), momentum)
-        update_running_(self.running_std, std.reshape(-1), momentum)
-        return affine(xhat, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, "
-            f"r_max={self.r_max:g}, d_max={self.d_max:g}, affine={self.affine}"
-        )
+        return functional.affine(xhat, weight, bias).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -240,17 +221,14 @@ class RenormWarmup:
 
     def __post_init__(self) -> None:
         for name in ("warmup_steps", "r_max_steps", "d_max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            object.__setattr__(self, name, _checks.nonnegative_int(getattr(self, name), name))
+        object.__setattr__(self, "r_max", _check_r_max(self.r_max))
+        object.__setattr__(self, "d_max", _check_d_max(self.d_max))
         if self.r_max_steps < self.warmup_steps or self.d_max_steps < self.warmup_steps:
             raise ValueError(
                 f"r_max_steps ({self.r_max_steps}) and d_max_steps ({self.d_max_steps}) must be >= warmup_steps "
                 f"({self.warmup_steps}): the limits are relaxed only after the warm-up"
             )
-        if _check_positive("r_max", self.r_max) < 1:
-            raise ValueError(f"r_max must be >= 1, got {self.r_max}")
-        _check_positive("d_max", self.d_max, allow_zero=True)
 
     def __call__(self, step: int) -> tuple[float, float]:
         def ramp(end: int) -> float:  # 0 until the warm-up ends, 1 from `end` on
