@@ -304,6 +304,40 @@ def test_probing_does_not_change_training(make):
     assert probed.steps_to_accuracy(-1.0) == 6 and probed.steps_to_accuracy(2.0) == math.inf
 
 
+def test_the_probing_run_takes_the_same_steps_as_fit():
+    """Without measurements, train_with_probes is fit with SGD over full batches: same batches, same updates, bit for bit."""
+    from bnlib.training import fit
+
+    x, y = batch(100, seed=4)  # 100 // 24 = 4 full batches per epoch; the last 4 examples are dropped each epoch
+    run_model, fit_model = bn_mlp(2), bn_mlp(2)
+    run = train_with_probes(run_model, (x, y), steps=12, lr=0.2, batch_size=24, measure=(), seed=7, device="cpu")
+    history = fit(
+        fit_model,
+        (x, y),
+        epochs=3,
+        batch_size=24,
+        drop_last=True,
+        optimizer=torch.optim.SGD(fit_model.parameters(), lr=0.2),
+        seed=7,
+        progress=False,
+        device="cpu",
+    )
+    np.testing.assert_array_equal(run.steps["loss"].to_numpy(np.float32), np.float32(history.batch_loss))
+    for (name, a), b in zip(run_model.state_dict().items(), fit_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_train_with_probes_device_rule_and_non_class_outputs(monkeypatch):
+    x = torch.randn(40, 3)
+    model = nn.Linear(3, 1)
+    monkeypatch.setenv("BNLIB_DEVICE", "cpu")
+    run = train_with_probes(model, (x, x.sum(1, keepdim=True)), steps=3, lr=0.1, batch_size=10, measure=(),
+                            loss_fn=mse)  # fmt: skip
+    assert run.steps["accuracy"].isna().all() and np.isfinite(run.steps["loss"]).all()  # accuracy undefined: NaN
+    with pytest.raises(ValueError, match="not a device name"):
+        train_with_probes(model, (x, x), steps=1, lr=0.1, batch_size=10, measure=(), loss_fn=mse, device="gpu-please")
+
+
 def test_train_with_probes_bad_input():
     x, y = batch(60)
     with pytest.raises(ValueError, match="unknown measure"):

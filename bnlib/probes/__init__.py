@@ -15,7 +15,8 @@ Four modules, one job each; every public name is re-exported here, so
   "Visualizing the loss landscape of neural nets", arXiv 1712.09913),
   :func:`filter_normalized_direction` and :func:`loss_slice`;
 - :mod:`bnlib.probes.run`: :func:`train_with_probes`, plain SGD training
-  that takes these measurements between updates.
+  (with the batching and the optimizer step of :mod:`bnlib.training`) that
+  takes these measurements between updates.
 
 The measurements evaluate the model with ``torch.func.functional_call`` on a
 dictionary of its parameters, so they never change the model, its running

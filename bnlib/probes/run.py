@@ -1,5 +1,9 @@
 """The probing run: train with plain SGD and take the probes' measurements between updates.
 
+The batches and the optimizer step come from :mod:`bnlib.training`'s helpers,
+the ones :func:`bnlib.training.fit` uses; only the schedule differs (a fixed
+number of steps, measurements between them).
+
 :func:`train_with_probes` is the loop Santurkar et al. (2018) and Ioffe and
 Szegedy (2015, figure 1) need; its record is a :class:`ProbeRun`.
 """
@@ -29,7 +33,8 @@ class ProbeRun:
     """The record of :func:`train_with_probes`.
 
     Attributes:
-        steps: one row per optimizer step: ``step`` (from 1), ``loss``, ``accuracy`` (of the training batch).
+        steps: one row per optimizer step: ``step`` (from 1), ``loss``, ``accuracy`` (of the training
+            batch; NaN when the outputs are not class scores).
         probes: long table: ``step``, ``measure``, ``layer``, ``value``: the
             measurements taken before that step's update.
         evals: ``step``, ``val_loss``, ``val_accuracy`` every ``eval_every`` steps and at the end.
@@ -93,8 +98,11 @@ def train_with_probes(
     """Train with plain SGD and measure the network every ``every`` steps, before the update.
 
     The loop Santurkar et al. (2018) and Ioffe and Szegedy (2015, figure 1)
-    need: step ``t`` draws a batch (a fresh shuffle each epoch), optionally
-    measures, then takes one SGD step ``theta <- theta - lr * grad``. Measures:
+    need: step ``t`` draws a batch (a fresh shuffle each epoch of ``n // batch_size``
+    full batches), optionally measures, then takes one SGD step
+    ``theta <- theta - lr * grad``. The batching and the step are those of
+    :func:`bnlib.training.fit` (its private helpers), so the two loops cannot
+    drift apart. Measures:
 
     - ``"activations"``: summaries (mean, std, quantiles) of ``capture``
       (the input, by default) of ``activation_layers`` on the fixed ``probe``
@@ -121,7 +129,8 @@ def train_with_probes(
         eval_every: default ``every``.
         loss_fn: mean-reduced loss (default cross-entropy).
         seed: seeds the shuffling and torch's generator (dropout, noise layers).
-        device: default where the model's parameters are.
+        device: where to train: this argument, else where the model's parameters are, else
+            :func:`bnlib.get_device` (:func:`bnlib.device.resolve_device`, the rule of every entry point).
         progress: a tqdm bar.
         meta: labels copied into ``ProbeRun.meta``.
 
@@ -137,7 +146,18 @@ def train_with_probes(
     from tqdm.auto import tqdm
 
     from bnlib.config import seed_everything
-    from bnlib.training import as_tensors, evaluate
+    from bnlib.device import resolve_device
+    from bnlib.training import (
+        _batch_bounds,
+        _batch_count,
+        _correct,
+        _epoch_order,
+        _optimizer_step,
+        _seeded_generator,
+        _take_batch,
+        as_tensors,
+        evaluate,
+    )
 
     _check_model(model)
     steps = _check_int("steps", steps)
@@ -151,8 +171,7 @@ def train_with_probes(
     unknown = [m for m in measure if m not in _MEASURES]
     if unknown:
         raise ValueError(f"unknown measure {unknown}; expected any of {list(_MEASURES)}")
-    if device is None:
-        device = next(model.parameters()).device
+    device = resolve_device(model, device)
     model.to(device)
     x, y = as_tensors(train, name="train", device=device, dtype=next(model.parameters()).dtype)
     n = len(x)
@@ -170,24 +189,25 @@ def train_with_probes(
     etas = [lr * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)] if step_sizes is None else list(step_sizes)
 
     seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = _seeded_generator(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
     correct = torch.zeros(steps, dtype=torch.int64, device=device)
+    has_accuracy = True
     probes: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
-    per_epoch = n // batch_size
-    order = torch.randperm(n, generator=generator).to(device)
+    # The batching and the step of bnlib.training.fit; an epoch is n // batch_size full batches.
+    bounds = _batch_bounds(n, batch_size, _batch_count(n, batch_size, drop_last=True))
+    order = _epoch_order(n, shuffle=True, generator=generator, device=device)
     start = time.perf_counter()
     was_training = model.training
     model.train()
     try:
         for t in tqdm(range(steps), disable=not progress, desc="steps", leave=False):
-            b = t % per_epoch
+            b = t % len(bounds)
             if b == 0 and t > 0:
-                order = torch.randperm(n, generator=generator).to(device)
-            index = order[b * batch_size : (b + 1) * batch_size]
-            xb, yb = x[index], y[index]
+                order = _epoch_order(n, shuffle=True, generator=generator, device=device)
+            xb, yb = _take_batch(x, y, order, *bounds[b])
             step = t + 1
             if t % every == 0:
                 probes += _measure(
@@ -205,21 +225,18 @@ def train_with_probes(
                     quantiles=quantiles,
                     seed=seed + step,
                 )
-            output = model(xb)
-            loss = loss_fn(output, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[t] = loss.detach()
-            correct[t] = (output.detach().argmax(dim=1) == yb).sum()
+            losses[t], output = _optimizer_step(model, optimizer, loss_fn, xb, yb)
+            hits = _correct(output, yb)
+            has_accuracy = has_accuracy and hits is not None
+            if hits is not None:
+                correct[t] = hits
             if val_data is not None and (step % eval_every == 0 or step == steps):
                 val_loss, val_accuracy = evaluate(model, val_data, device=device, loss_fn=loss_fn)
                 evals.append({"step": step, "val_loss": val_loss, "val_accuracy": val_accuracy})
     finally:
         model.train(was_training)
-    step_frame = pd.DataFrame(
-        {"step": np.arange(1, steps + 1), "loss": losses.cpu().numpy(), "accuracy": correct.cpu().numpy() / batch_size}
-    )
+    accuracy = correct.cpu().numpy() / batch_size if has_accuracy else np.full(steps, math.nan)
+    step_frame = pd.DataFrame({"step": np.arange(1, steps + 1), "loss": losses.cpu().numpy(), "accuracy": accuracy})
     return ProbeRun(
         steps=step_frame,
         probes=pd.DataFrame(probes, columns=["step", "measure", "layer", "value"]),
