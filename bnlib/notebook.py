@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,47 @@ def show_source(obj: Any):
     return Markdown(f"```python\n{source_of(obj).rstrip()}\n```")
 
 
+def _what(what: Any, name: str = "what") -> str:
+    if not isinstance(what, str) or not what.strip():
+        raise TypeError(
+            f"{name} must be a non-empty string naming what is checked, got {what!r} ({type(what).__name__})"
+        )
+    return what
+
+
+def _tolerance(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}); e.g. {name}=1e-6")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {number!r}; e.g. {name}=1e-6")
+    return number
+
+
+def _numbers(x: Any, what: str, which: str) -> np.ndarray:
+    """``x`` as a NumPy array of finite numbers, or an error that says which side is wrong and where."""
+    try:
+        array = _to_numpy(x)
+    except (TypeError, ValueError) as error:  # a ragged list, an object NumPy cannot read
+        raise TypeError(f"{what}: {which} cannot be read as an array of numbers ({error}); got {type(x).__name__}") from error
+    if array.dtype.kind not in "biufc":
+        raise TypeError(
+            f"{what}: {which} must be numbers (an array, tensor or number), got {type(x).__name__} of dtype {array.dtype}"
+        )
+    if array.size == 0:
+        raise ValueError(f"{what}: {which} is empty (shape {array.shape}); there is nothing to compare")
+    if array.dtype.kind in "fc":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{what}: {which} has {int(bad.sum())} NaN or infinite value(s) of {array.size} "
+                f"(first at index {first}: {array[first] if array.ndim else array.item()}); "
+                "a NaN never agrees with anything: find where it comes from"
+            )
+    return array
+
+
 def check_close(what: str, actual: Any, expected: Any, *, atol: float = 1e-6, rtol: float = 1e-5) -> float:
     """Print the largest difference between two arrays and raise when they disagree.
 
@@ -47,26 +89,54 @@ def check_close(what: str, actual: Any, expected: Any, *, atol: float = 1e-6, rt
     fails the build instead of printing quietly. Accepts NumPy arrays, torch
     tensors (any device) and anything ``np.asarray`` takes.
 
+    Formula: agree when every ``|actual - expected| <= atol + rtol * |expected|``
+    (as ``numpy.isclose``, but never agreeing on a NaN or an infinity).
+
     Raises:
-        ValueError: shapes differ, or some ``|actual - expected| > atol + rtol * |expected|``.
+        ValueError: shapes differ, an array is empty or holds NaN/inf (a NaN
+            compares false with everything, so it would otherwise look like
+            agreement), a tolerance is negative or not finite, or the arrays
+            disagree.
+        TypeError: ``what`` is not a string, a tolerance is not a number, or
+            an array does not hold numbers.
 
     Example:
         >>> check_close("ones", np.ones(3), np.ones(3) + 1e-9)
         ones: max |difference| = 1e-09 (tolerance atol=1e-06, rtol=1e-05): agree
         1e-09
     """
-    a, e = _to_numpy(actual), _to_numpy(expected)
+    what = _what(what)
+    atol, rtol = _tolerance(atol, "atol"), _tolerance(rtol, "rtol")
+    a, e = _numbers(actual, what, "actual"), _numbers(expected, what, "expected")
     if a.shape != e.shape:
         raise ValueError(f"{what}: shapes differ: {a.shape} vs {e.shape}")
-    diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
-    worst = float(diff.max()) if diff.size else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(e.astype(np.float64))))
+    a = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+    e = e.astype(np.complex128 if e.dtype.kind == "c" else np.float64)
+    with np.errstate(over="ignore"):  # finite float64 differences can overflow to inf: that is a disagreement
+        diff = np.abs(a - e)
+        bound = atol + rtol * np.abs(e)
+    worst = float(diff.max())
+    ok = bool(np.all(diff <= bound))
     print(  # noqa: T201  (this chapter helper exists to print the difference)
         f"{what}: max |difference| = {worst:.3g} (tolerance atol={atol:g}, rtol={rtol:g}): {'agree' if ok else 'DISAGREE'}"
     )
     if not ok:
         raise ValueError(f"{what}: the two results disagree (max |difference| = {worst:.3g})")
     return worst
+
+
+def _truth(holds: Any, what: str) -> bool:
+    """``holds`` as a bool: True/False, np.bool_, or a one-element boolean array or tensor; nothing truthy."""
+    if isinstance(holds, (bool, np.bool_)):
+        return bool(holds)
+    array = _to_numpy(holds) if hasattr(holds, "detach") or isinstance(holds, np.ndarray) else None
+    if array is not None and array.dtype.kind == "b" and array.size == 1:
+        return bool(array.item())
+    shape = f" of shape {tuple(array.shape)} and dtype {array.dtype}" if array is not None else ""
+    raise TypeError(
+        f"{what}: holds must be True or False, got {type(holds).__name__}{shape} ({holds!r:.60}); "
+        "pass a comparison, e.g. a < b, or (array == other).all() for arrays"
+    )
 
 
 def check_that(what: str, holds: Any, *, detail: str = "") -> None:
@@ -76,14 +146,22 @@ def check_that(what: str, holds: Any, *, detail: str = "") -> None:
     about numbers agreeing (this call raises, that layer uses batch
     statistics, ...). ``detail`` is printed after the claim.
 
+    ``holds`` must be a boolean (``bool``, ``np.bool_``, or a one-element
+    boolean array or tensor): a number, a string or a list would be read as
+    true whenever it is non-empty or non-zero, NaN included, so it is refused.
+
     Raises:
         ValueError: ``holds`` is false.
+        TypeError: ``holds`` is not a boolean, or ``what``/``detail`` is not a string.
 
     Example:
         >>> check_that("2 > 1", 2 > 1, detail="as expected")
         2 > 1: holds (as expected)
     """
-    ok = bool(holds)
+    what = _what(what)
+    if not isinstance(detail, str):
+        raise TypeError(f"{what}: detail must be a string, got {detail!r} ({type(detail).__name__})")
+    ok = _truth(holds, what)
     suffix = f" ({detail})" if detail else ""
     print(f"{what}: {'holds' if ok else 'DOES NOT HOLD'}{suffix}")  # noqa: T201  (a chapter helper)
     if not ok:
@@ -92,7 +170,10 @@ def check_that(what: str, holds: Any, *, detail: str = "") -> None:
 
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):
         x = x.numpy()
     return np.asarray(x)
