@@ -401,7 +401,7 @@ def test_noisy_bn_bad_arguments(kwargs, match):
 def test_noisy_bn_bad_input():
     with pytest.raises(TypeError, match="callable"):
         NoisyBatchNorm(3, norm="batch")
-    with pytest.raises(ValueError, match=r"expects input \(N, 3"):
+    with pytest.raises(ValueError, match=r"expected 3 channels at dim 1 .* got shape \(2, 4\)"):
         NoisyBatchNorm(3, norm=nn.BatchNorm1d)(torch.zeros(2, 4))
 
 
