@@ -1,4 +1,4 @@
-"""bnlib.inference: folding batch norm away, and recomputing its statistics, against PyTorch."""
+"""bnlib.inference: folding batch norm away, and re-estimating its statistics (exact and AdaBN), against PyTorch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from bnlib.inference import fold_batchnorm, is_batchnorm, recompute_batchnorm_statistics
+from bnlib import layers
+from bnlib.inference import (
+    adapt_batchnorm,
+    batchnorm_layers,
+    fold_batchnorm,
+    is_batchnorm,
+    recompute_batchnorm_statistics,
+)
 from bnlib.models import LeNet5
 
 
@@ -21,7 +28,8 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         for bn in filter(is_batchnorm, model.modules()):
             c = bn.running_mean.numel()
             bn.running_mean.copy_(torch.randn(c, generator=g))
-            bn.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+            spread = bn.running_std if isinstance(bn, layers.BatchRenorm) else bn.running_var
+            spread.copy_(torch.rand(c, generator=g) * 2 + 0.1)
             if bn.weight is not None:
                 bn.weight.copy_(torch.randn(c, generator=g))
                 bn.bias.copy_(torch.randn(c, generator=g))
@@ -267,12 +275,166 @@ def test_numpy_statistics_agree():
     np.testing.assert_allclose(model[1].running_var.numpy(), h.var(1, ddof=1), rtol=1e-5, atol=1e-6)
 
 
-def test_folds_bnlib_ghost_batchnorm_and_refuses_batch_renorm():
-    from bnlib import layers
-
-    model = randomize(nn.Sequential(nn.Conv2d(1, 3, 3), layers.GhostBatchNorm(3, virtual_batch_size=2)))
+@pytest.mark.parametrize(
+    "make",
+    [lambda: layers.GhostBatchNorm(3, virtual_batch_size=2), lambda: layers.BatchRenorm(3, r_max=3.0, d_max=5.0)],
+)
+def test_folds_bnlib_ghost_batchnorm_and_batch_renorm(make):
+    model = randomize(nn.Sequential(nn.Conv2d(1, 3, 3), make()))
     folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nn.Identity)
     x = torch.randn(4, 1, 6, 6)
     torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"1 \(BatchRenorm\).*not a batch norm"):
-        fold_batchnorm(nn.Sequential(nn.Conv2d(1, 3, 3), layers.BatchRenorm(3)))
+
+
+# One definition of a batch-norm layer -----------------------------------------------------------
+
+
+def every_kind() -> nn.Sequential:
+    """One of each normalization layer bnlib or torch offers, each after a 1x1 convolution of 4 channels."""
+    kinds = [
+        nn.BatchNorm1d(4),
+        layers.BatchNorm(4),
+        layers.GhostBatchNorm(4, virtual_batch_size=4),
+        layers.BatchRenorm(4),
+        layers.NoisyBatchNorm(4, norm=nn.BatchNorm1d),  # not a batch norm itself; the one inside it is
+        nn.BatchNorm1d(4, track_running_stats=False),  # a batch norm without running statistics
+        nn.LayerNorm([4, 3]),
+        nn.GroupNorm(2, 4),
+        nn.InstanceNorm1d(4, track_running_stats=True),  # running statistics, but not a batch norm
+    ]
+    torch.manual_seed(0)
+    return nn.Sequential(*(module for kind in kinds for module in (nn.Conv1d(4, 4, 1), kind)))
+
+
+def test_one_definition_of_a_batchnorm_layer_everywhere():
+    model = every_kind()
+    names = {name for name, m in model.named_modules() if is_batchnorm(m)}
+    assert names == {"1", "3", "5", "7", "9.norm", "11"}
+    tracked = [m for m in model.modules() if is_batchnorm(m) and m is not model[11]]
+    assert batchnorm_layers(model) == tracked
+    x = torch.randn(64, 4, 3)  # (N, C, L): every layer here takes it
+    for update in (recompute_batchnorm_statistics, adapt_batchnorm):
+        model = every_kind()
+        before = {name: b.clone() for name, b in model.named_buffers()}
+        update(model, x, batch_size=32)
+        changed = {name.rsplit(".", 1)[0] for name, b in model.named_buffers() if not torch.equal(b, before[name])}
+        assert changed == {"1", "3", "5", "7", "9.norm"}, update.__name__  # the instance norm's statistics untouched
+    folded = fold_batchnorm(nn.Sequential(*list(every_kind())[:8]))  # the batch norms directly after a convolution
+    assert all(isinstance(folded[i], nn.Identity) for i in (1, 3, 5, 7)) and not has_batchnorm(folded)
+
+
+def test_batch_renorm_statistics_are_recomputed_in_its_own_convention():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), layers.BatchRenorm(4, r_max=3.0, d_max=5.0))
+    x = torch.randn(90, 3) * 3 + 2
+    recompute_batchnorm_statistics(model, x, batch_size=40)
+    with torch.no_grad():
+        h = model[0](x).double()
+    torch.testing.assert_close(model[1].running_mean.double(), h.mean(0), atol=1e-5, rtol=1e-5)
+    expected = (h.var(0, unbiased=False) + model[1].eps).sqrt()  # the paper's sigma: biased variance, eps inside
+    torch.testing.assert_close(model[1].running_std.double(), expected, atol=1e-5, rtol=1e-5)
+    assert (model[1].r_max, model[1].d_max) == (3.0, 5.0)
+
+
+# Never a silent NaN ----------------------------------------------------------------------------
+
+
+def buffers_of(model):
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def assert_unchanged(model, before):
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), f"{name} changed"
+
+
+@pytest.mark.parametrize("update", [recompute_batchnorm_statistics, adapt_batchnorm])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_data_is_refused_before_anything_changes(update, bad):
+    model = two_bn_net()
+    before = buffers_of(model)
+    x = torch.randn(40, 1, 8, 8)
+    x[7, 0, 3, 3] = bad
+    x[30, 0, 0, 0] = bad
+    with pytest.raises(
+        ValueError, match=r"data holds 2 NaN or infinite value\(s\) in 2 of its 40 examples \(the first at index 7\)"
+    ):
+        update(model, (x, torch.zeros(40)), batch_size=16)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("update", [recompute_batchnorm_statistics, adapt_batchnorm])
+def test_data_whose_statistics_overflow_is_refused_and_nothing_changes(update):
+    # 1e20 is finite in float32, but its square is not: the variance would be inf in the float32 buffers.
+    model = two_bn_net()
+    before = buffers_of(model)
+    with pytest.raises(
+        ValueError,
+        match=r"running_var of 1 \(BatchNorm2d\) would be NaN or infinite.*largest \|x\| in data is [0-9.]+e\+20",
+    ):
+        update(model, torch.randn(32, 1, 8, 8) * 1e20, batch_size=16)
+    assert_unchanged(model, before)
+
+
+def test_recompute_puts_every_statistic_back_when_interrupted_half_way():
+    model = two_bn_net()
+    before = buffers_of(model)
+
+    def interrupt(module, args):
+        raise KeyboardInterrupt
+
+    model[6].register_forward_pre_hook(interrupt)  # the second batch norm: the first one is already written
+    with pytest.raises(KeyboardInterrupt):
+        recompute_batchnorm_statistics(model, torch.randn(20, 1, 8, 8), batch_size=10)
+    assert_unchanged(model, before)
+
+
+def bn_with(values, *, spread="running_var", eps=1e-5, **parameters):
+    layer = layers.BatchRenorm(3) if spread == "running_std" else nn.BatchNorm1d(3, eps=eps)
+    model = nn.Sequential(nn.Linear(2, 3), layer)
+    with torch.no_grad():
+        getattr(layer, spread).copy_(torch.tensor(values))
+        for name, value in parameters.items():
+            getattr(layer, name).copy_(torch.tensor(value))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            bn_with([1.0, -0.5, 2.0]),
+            r"running_var holds 0 NaN or infinite and 1 out-of-range.*channels \[1\]; first -0\.5",
+        ),
+        (bn_with([1.0, float("nan"), 2.0]), r"running_var holds 1 NaN or infinite and 0 out-of-range.*channels \[1\]"),
+        (bn_with([float("inf"), 1.0, 1.0]), r"running_var holds 1 NaN or infinite.*channels \[0\]"),
+        (
+            bn_with([1.0, 0.0, 1.0], spread="running_std"),
+            r"running_std holds .* 1 out-of-range.*must be finite and > 0",
+        ),
+        (bn_with([1.0, 1.0, 1.0], running_mean=[0.0, float("nan"), 0.0]), r"running_mean holds 1 NaN"),
+        (bn_with([1.0, 1.0, 1.0], weight=[float("inf"), 1.0, 1.0]), r"weight \(gamma\) holds 1 NaN"),
+        (bn_with([1.0, 0.0, 1.0], eps=0.0), r"sqrt\(running_var \+ eps\) is 0"),
+    ],
+)
+def test_fold_refuses_statistics_that_would_give_nan_weights(model, message):
+    with pytest.raises(ValueError, match=r"cannot fold 1 \((BatchNorm1d|BatchRenorm)\): .*" + message):
+        fold_batchnorm(model)
+
+
+class NaNInEval(nn.BatchNorm1d):
+    def forward(self, x):  # valid statistics, but a NaN output in eval mode
+        return super().forward(x) * (float("nan") if not self.training else 1.0)
+
+
+def test_folds_self_check_does_not_pass_on_nan():
+    with pytest.raises(ValueError, match=r"1 \(NaNInEval\): in eval mode it is not the affine map"):
+        fold_batchnorm(nn.Sequential(nn.Linear(2, 3), NaNInEval(3)))
+
+
+def test_the_moved_names_are_still_importable_from_bnlib_layers():
+    from bnlib.layers import adapt_batchnorm as moved
+    from bnlib.layers import batchnorm_layers as moved_list
+
+    assert moved is adapt_batchnorm and moved_list is batchnorm_layers
