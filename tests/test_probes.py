@@ -348,6 +348,14 @@ def test_train_with_probes_bad_input():
         train_with_probes(bn_mlp(), (x, y), steps=2, lr=0.1, batch_size=100)
     with pytest.raises(ValueError, match="steps"):
         train_with_probes(bn_mlp(), (x, y), steps=0, lr=0.1)
+    with pytest.raises(TypeError, match="lr must be a positive number, got True"):
+        train_with_probes(bn_mlp(), (x, y), steps=1, lr=True)
+    with pytest.raises(ValueError, match="finite"):
+        train_with_probes(bn_mlp(), (x, y), steps=1, lr=float("nan"))
+    run = train_with_probes(
+        bn_mlp(), (x, y), steps=np.int64(2), lr=np.float32(0.1), batch_size=np.int32(30), measure=()
+    )
+    assert len(run.steps) == 2 and run.meta["lr"] == pytest.approx(0.1) and type(run.meta["batch_size"]) is int
 
 
 # ----------------------------------------------------------------------------- noisy batch norm

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib._checks import positive_float, positive_int
 from bnlib.probes._core import (
     LossFn,
     Params,
     _batched_loss_and_grad,
     _check_batch,
-    _check_int,
     _check_model,
-    _check_positive,
     _loss_fn,
     _state,
 )
@@ -136,11 +135,13 @@ def loss_slice(
     """
     _check_model(model)
     x, y = _check_batch(x, y)
-    points = _check_int("points", points, minimum=2)
-    span = _check_positive("span", span)
+    points = positive_int(points, "points", hint="a grid needs at least 2 points per axis, e.g. points=21")
+    if points < 2:
+        raise ValueError(f"points must be at least 2 (a grid needs two points per axis), got {points}; e.g. points=21")
+    span = positive_float(span, "span", hint="e.g. span=1.0")
     loss_fn = _loss_fn(loss_fn)
     if chunk_size is not None:
-        chunk_size = _check_int("chunk_size", chunk_size)
+        chunk_size = positive_int(chunk_size, "chunk_size", hint="or None for a single call")
     params, buffers = _state(model)
     if directions is None:
         generator = torch.Generator().manual_seed(int(seed))

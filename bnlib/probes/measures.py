@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib._checks import positive_float
 from bnlib.probes._core import (
     LossFn,
     _batched_loss_and_grad,
     _check_batch,
     _check_model,
-    _check_positive,
     _flat,
     _loss_fn,
     _state,
@@ -105,7 +105,7 @@ def gradient_shift(
     """
     _check_model(model)
     x, y = _check_batch(x, y)
-    lr = _check_positive("lr", lr)
+    lr = positive_float(lr, "lr")
     loss_fn = _loss_fn(loss_fn)
     params, buffers = _state(model)
     names = list(params)
@@ -197,7 +197,7 @@ def loss_along_gradient(
     loss_fn = _loss_fn(loss_fn)
     if isinstance(step_sizes, (int, float)) or not len(step_sizes):
         raise TypeError(f"step_sizes must be a non-empty sequence of positive numbers, got {step_sizes!r}")
-    etas = [_check_positive("each step size", s) for s in step_sizes]
+    etas = [positive_float(s, "each step size") for s in step_sizes]
     params, buffers = _state(model)
     names = list(params)
     one = {n: p.unsqueeze(0) for n, p in params.items()}

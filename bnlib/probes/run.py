@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnlib.probes._core import LossFn, _check_int, _check_model, _check_positive, _fixed_rng, _loss_fn
+from bnlib._checks import positive_float, positive_int
+from bnlib.probes._core import LossFn, _check_model, _fixed_rng, _loss_fn
 from bnlib.probes.hooks import DEFAULT_QUANTILES, record_activations
 from bnlib.probes.measures import gradient_shift, loss_along_gradient
 
@@ -160,11 +161,11 @@ def train_with_probes(
     )
 
     _check_model(model)
-    steps = _check_int("steps", steps)
-    batch_size = _check_int("batch_size", batch_size)
-    every = _check_int("every", every)
-    eval_every = every if eval_every is None else _check_int("eval_every", eval_every)
-    lr = _check_positive("lr", lr)
+    steps = positive_int(steps, "steps")
+    batch_size = positive_int(batch_size, "batch_size")
+    every = positive_int(every, "every")
+    eval_every = every if eval_every is None else positive_int(eval_every, "eval_every")
+    lr = positive_float(lr, "lr", hint="e.g. lr=0.1")
     loss_fn = _loss_fn(loss_fn)
     if isinstance(measure, str):
         raise TypeError(f"measure must be a sequence of names, got the string {measure!r}; e.g. measure=[{measure!r}]")
