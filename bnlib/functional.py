@@ -380,11 +380,8 @@ def update_running_(running: torch.Tensor, batch_value: torch.Tensor, momentum: 
         >>> update_running_(running, torch.tensor([1.0, 2.0]), momentum=0.1)
         tensor([0.1000, 0.2000])
     """
-    import torch
-
     momentum = _checks.probability(momentum, "momentum", hint="the weight of the new batch (PyTorch's convention)")
-    with torch.no_grad():
-        running.copy_(running_average(running, batch_value, momentum))
+    copy_together_([running], [running_average(running.detach(), batch_value, momentum)])
     return running
 
 
@@ -425,7 +422,9 @@ def copy_together_(targets: Sequence[torch.Tensor], values: Sequence[torch.Tenso
     signal handlers only run between calls); under ``torch.func`` transforms,
     which have no rule for it, and under ``torch.compile`` (where the whole
     graph is one call anyway), consecutive ``copy_`` calls with nothing in
-    between. Gradients are not recorded.
+    between. The values are detached (no gradient is recorded); there is no
+    ``with torch.no_grad()`` block, whose exit an interrupt could skip and
+    leave gradients off.
 
     Example:
         >>> import torch
@@ -436,12 +435,12 @@ def copy_together_(targets: Sequence[torch.Tensor], values: Sequence[torch.Tenso
     """
     import torch
 
-    with torch.no_grad():
-        if torch.compiler.is_compiling() or _functorch_active():
-            for target, value in zip(targets, values, strict=True):
-                target.copy_(value)
-        else:
-            torch._foreach_copy_(list(targets), list(values))
+    values = [value.detach() for value in values]
+    if torch.compiler.is_compiling() or _functorch_active():
+        for target, value in zip(targets, values, strict=True):
+            target.copy_(value)
+    else:
+        torch._foreach_copy_(list(targets), values)
 
 
 def check_input(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bnlib.layers import BatchNorm, TorchBatchNorm, known_norms, make_norm, register_norm
+from bnlib.layers import (
+    BatchNorm,
+    BatchRenorm,
+    GhostBatchNorm,
+    GroupNorm,
+    LayerNorm,
+    TorchBatchNorm,
+    known_norms,
+    make_norm,
+    register_norm,
+)
 
 SETTINGS = settings(max_examples=20, deadline=None)
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -271,3 +283,289 @@ def test_torch_batch_is_pytorch_and_equals_ours():
     torch.testing.assert_close(ours.running_var, theirs.running_var)
     with pytest.raises(ValueError, match="at least 2 dims"):
         theirs(torch.randn(3))
+
+
+# ---------------------------------------------------------------- one step, all or nothing
+
+LAYERS_WITH_RUNNING_STATS = {
+    "batch": lambda momentum: BatchNorm(3, momentum=momentum),
+    "renorm": lambda momentum: BatchRenorm(3, momentum=momentum, r_max=2.0, d_max=1.0),
+    "ghost": lambda momentum: GhostBatchNorm(3, 4, momentum=momentum),
+}
+
+
+def snapshot(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in layer.named_buffers()}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS_WITH_RUNNING_STATS))
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("where", ["moments", "running_average", "check_finite_statistics", "copy_together_"])
+def test_an_interrupt_inside_a_step_changes_neither_counter_nor_statistics(kind, momentum, where, monkeypatch):
+    # Ctrl-C raised from inside the computation (each helper in turn): nothing is written, counter included.
+    import bnlib.functional
+
+    torch.manual_seed(0)
+    layer = LAYERS_WITH_RUNNING_STATS[kind](momentum)
+    layer(torch.randn(8, 3, 2, 2) + 1)  # one step done, so that momentum=None has a counter to get wrong
+    before = snapshot(layer)
+    original = getattr(bnlib.functional, where)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(where)
+        if len(calls) == 2 or where != "running_average":  # running_average: after the new mean, before the spread
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bnlib.functional, where, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layer(torch.randn(8, 3, 2, 2) * 3)
+    assert calls, f"{where} was not called: the test would prove nothing"
+    for name, value in snapshot(layer).items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS_WITH_RUNNING_STATS))
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_an_interrupt_at_any_line_leaves_the_step_all_or_nothing(kind, momentum):
+    """Ctrl-C delivered at every Python line of a training step in turn: the buffers are the old ones or the new ones."""
+    import sys
+
+    torch.manual_seed(1)
+    layer = LAYERS_WITH_RUNNING_STATS[kind](momentum)
+    layer(torch.randn(8, 3, 2, 2) + 1)
+    x = torch.randn(8, 3, 2, 2) * 3 - 1
+    before = snapshot(layer)
+    reference = copy.deepcopy(layer)
+    reference(x)
+    after = snapshot(reference)
+    outcomes = set()
+    for stop_at in range(1, 10_000):
+        seen = 0
+
+        def tracer(frame, event, arg, stop_at=stop_at):
+            nonlocal seen
+            if event == "line" and "bnlib" in frame.f_code.co_filename:
+                seen += 1
+                if seen == stop_at:
+                    raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            layer(x)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        assert torch.is_grad_enabled(), f"interrupted at line event {stop_at}: gradients were left off"
+        state = snapshot(layer)
+        same_as = [
+            label
+            for label, expected in (("old", before), ("new", after))
+            if all(torch.equal(state[name], expected[name]) for name in state)
+        ]
+        assert same_as, f"interrupted at line event {stop_at}: the buffers are neither the old nor the new ones"
+        outcomes.add(same_as[0])
+        if finished:
+            break
+        for name, buffer in layer.named_buffers():  # back to the old state for the next interruption point
+            buffer.copy_(before[name])
+    assert finished and stop_at > 10 and outcomes == {"old", "new"}
+
+
+# ---------------------------------------------------------------- settings: numbers and flags
+
+
+def test_numpy_scalars_are_numbers_and_flags_take_only_bools():
+    layer = BatchNorm(np.int64(3), momentum=np.float32(0.5), eps=np.float64(1e-3))
+    assert layer.num_features == 3 and type(layer.num_features) is int and layer.momentum == 0.5
+    assert layer(torch.randn(4, 3)).shape == (4, 3)
+    for flag in ("affine", "track_running_stats"):
+        with pytest.raises(TypeError, match=rf"{flag} must be True or False, got 'no' \(str\); pass a bool"):
+            BatchNorm(3, **{flag: "no"})
+    assert BatchNorm(3, affine=np.False_).weight is None
+    with pytest.raises(TypeError, match="affine must be True or False"):
+        BatchNorm(3, affine=1)
+
+
+# ---------------------------------------------------------------- float16 layers accumulate in float32
+
+
+def test_a_float16_layer_normalizes_finite_input_in_float32_as_torch():
+    # Judged against a float32 reference: ours within float16 rounding of it, as torch's float16 layer is.
+    torch.manual_seed(3)
+    ours, theirs = BatchNorm(3, dtype=torch.float16), nn.BatchNorm2d(3, dtype=torch.float16)
+    exact = nn.BatchNorm2d(3)
+    x = (1000 + 10 * torch.randn(8, 3, 6, 6)).half()  # squares near 1e6: beyond float16's 65,504
+    for step in range(2):
+        y_ours, y_theirs, y_exact = ours(x + step), theirs(x + step), exact((x + step).float())
+        assert y_ours.dtype == torch.float16 and torch.isfinite(y_ours).all()
+        for y in (y_ours, y_theirs):
+            torch.testing.assert_close(y.float(), y_exact, atol=3e-2, rtol=1e-2)
+    assert ours.running_var.dtype == torch.float16
+    torch.testing.assert_close(ours.running_mean.float(), theirs.running_mean.float(), atol=0.5, rtol=1e-3)
+    torch.testing.assert_close(ours.running_var.float(), theirs.running_var.float(), atol=0.05, rtol=1e-2)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x).float(), theirs(x).float(), atol=2e-2, rtol=1e-2)
+
+
+# ---------------------------------------------------------------- behave as torch.nn.BatchNorm2d
+
+
+def test_track_running_stats_switched_off_after_construction_as_torch():
+    # torch: no update in training while the flag is False, and the existing buffers are still used in eval.
+    torch.manual_seed(4)
+    ours, theirs = BatchNorm(3), nn.BatchNorm2d(3)
+    first = torch.randn(8, 3, 4, 4) * 2 + 1
+    ours(first), theirs(first)
+    ours.track_running_stats = theirs.track_running_stats = False
+    x = torch.randn(8, 3, 4, 4) * 3 - 2
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_mean, 0.1 * first.mean((0, 2, 3)))  # not updated by x
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)  # the running statistics, not x's
+    assert not torch.allclose(ours(x).mean((0, 2, 3)), torch.zeros(3), atol=1e-3)
+    # built without buffers and switched on: batch statistics in both modes, no crash
+    ours, theirs = BatchNorm(3, track_running_stats=False), nn.BatchNorm2d(3, track_running_stats=False)
+    ours.track_running_stats = theirs.track_running_stats = True
+    for mode in (True, False):
+        ours.train(mode), theirs.train(mode)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+    ours.reset_running_stats()  # nothing to reset: no error
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_an_old_state_dict_without_the_counter_loads_as_in_torch(device):
+    # Version 1 state dicts (before num_batches_tracked) load; the counter keeps its value (a new 0 on meta).
+    old = nn.BatchNorm2d(3).state_dict()
+    del old["num_batches_tracked"]
+    old._metadata[""]["version"] = 1
+    ours, theirs = BatchNorm(3, device=device), nn.BatchNorm2d(3, device=device)
+    if device == "cpu":
+        ours(torch.randn(4, 3, 2, 2)), theirs(torch.randn(4, 3, 2, 2))
+    ours.load_state_dict(old, assign=device == "meta")
+    theirs.load_state_dict(old, assign=device == "meta")
+    assert ours.num_batches_tracked.device == theirs.num_batches_tracked.device
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == (1 if device == "cpu" else 0)
+    assert ours.state_dict()._metadata[""]["version"] == theirs.state_dict()._metadata[""]["version"] == 2
+    current = nn.BatchNorm2d(3).state_dict()  # version 2 without the counter: a missing key, as in torch
+    del current["num_batches_tracked"]
+    for layer in (BatchNorm(3), nn.BatchNorm2d(3)):
+        with pytest.raises(RuntimeError, match='Missing key.*"num_batches_tracked"'):
+            layer.load_state_dict(current)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_an_empty_batch_gives_an_empty_output_as_torch(momentum):
+    ours, theirs = BatchNorm(3, momentum=momentum), nn.BatchNorm2d(3, momentum=momentum)
+    x = torch.randn(0, 3, 4, 4, requires_grad=True)
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert y_ours.shape == y_theirs.shape == (0, 3, 4, 4)
+    y_ours.sum().backward()  # differentiable
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    # Departure: torch counts the empty batch (num_batches_tracked 1); ours keeps counter and statistics together.
+    assert int(ours.num_batches_tracked) == 0 and int(theirs.num_batches_tracked) == 1
+    ours.eval(), theirs.eval()
+    assert ours(x).shape == theirs(x).shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_channels_last_input_gives_channels_last_output_as_torch(training):
+    torch.manual_seed(5)
+    ours, theirs = pair(3, torch.float32), nn.BatchNorm2d(3)
+    theirs.load_state_dict(ours.state_dict())
+    ours.train(training), theirs.train(training)
+    x = (torch.randn(6, 3, 5, 4) * 2 + 1).to(memory_format=torch.channels_last)
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert y_ours.is_contiguous(memory_format=torch.channels_last)
+    assert y_theirs.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+# ---------------------------------------------------------------- torch.func and torch.compile
+
+
+@pytest.mark.parametrize("kind", ["batch", "renorm", "ghost", "layer", "group"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_vmap_over_three_copies_equals_the_loop(kind, momentum):
+    """functional_call + vmap over stacked parameters and buffers: outputs, statistics and counters as a loop."""
+    from torch.func import functional_call, stack_module_state
+
+    make = {
+        "batch": lambda: BatchNorm(4, momentum=momentum),
+        "renorm": lambda: BatchRenorm(4, momentum=momentum, r_max=2.0, d_max=1.0),
+        "ghost": lambda: GhostBatchNorm(4, 4, momentum=momentum),
+        "layer": lambda: LayerNorm(4),
+        "group": lambda: GroupNorm(2, 4),
+    }[kind]
+    torch.manual_seed(6)
+    models = [make() for _ in range(3)]
+    for model in models:
+        with torch.no_grad():
+            model.weight.normal_()
+            model.bias.normal_()
+    loop = copy.deepcopy(models)
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def call(p, b, x):
+        return functional_call(skeleton, (p, b), (x,))
+
+    for step in range(3):
+        x = torch.randn(3, 8, 4, 5) * (step + 1) + step
+        y = torch.func.vmap(call)(params, buffers, x)
+        expected = torch.stack([model(xi) for model, xi in zip(loop, x, strict=True)])
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    for name, value in buffers.items():
+        torch.testing.assert_close(value, torch.stack([dict(m.named_buffers())[name] for m in loop]), msg=name)
+    if buffers:
+        assert buffers["num_batches_tracked"].tolist() == [int(loop[0].num_batches_tracked)] * 3
+
+
+def test_nan_under_vmap_propagates_as_in_torch():
+    # No value can be read under vmap: the check is skipped and NaN reaches the running mean, as nn.BatchNorm2d's.
+    from torch.func import functional_call, stack_module_state, vmap
+
+    params, buffers = stack_module_state([BatchNorm(2) for _ in range(2)])
+    skeleton = BatchNorm(2, device="meta")
+    x = torch.randn(2, 4, 2)
+    x[1, 0, 0] = float("nan")
+    y = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)))(params, buffers, x)
+    assert torch.isnan(y[1, :, 0]).all() and torch.isfinite(y[0]).all()
+    assert torch.isnan(buffers["running_mean"][1, 0]) and torch.isfinite(buffers["running_mean"][0]).all()
+    with pytest.raises(ValueError, match="NaN or infinite"):  # eagerly, the same batch is refused
+        BatchNorm(2)(x[1])
+
+
+def test_compile_fullgraph_of_a_conv_batchnorm_model_matches_eager():
+    """torch.compile(fullgraph=True) fails on any graph break: the finiteness check must not split the graph."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) is not supported on this Python/platform")
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), BatchNorm(4, momentum=None), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
+    )
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    # aot_eager traces through AOTAutograd (forward, backward, buffer mutation) without needing a C compiler.
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        x = torch.randn(8, 1, 8, 8) + step
+        y, y_eager = compiled(x), eager(x)
+        torch.testing.assert_close(y, y_eager, atol=1e-5, rtol=1e-5)
+        y.square().sum().backward()
+        y_eager.square().sum().backward()
+    torch.testing.assert_close(model[0].weight.grad, eager[0].weight.grad, atol=1e-5, rtol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(model[1], name), getattr(eager[1], name), msg=name)
+    model.eval(), eager.eval()
+    torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)

@@ -175,9 +175,9 @@ class BatchRenorm(RunningStatsNorm):
             return functional.affine((xc - running_mean) / running_std, weight, bias).to(x.dtype)
         mean, var, _ = functional.batch_statistics(xc, name=self._name(), has_running=True)  # (1, C, 1, 1), biased
         std = (var + self.eps).sqrt()
-        with torch.no_grad():  # r and d are constants for backpropagation (the paper's stop_gradient)
-            r = (std / running_std).clamp(1.0 / self.r_max, self.r_max)
-            d = ((mean - running_mean) / running_std).clamp(-self.d_max, self.d_max)
+        # r and d are constants for backpropagation (the paper's stop_gradient): computed from detached values
+        r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
+        d = ((mean.detach() - running_mean) / running_std).clamp(-self.d_max, self.d_max)
         xhat = (xc - mean) / std * r + d
         if self._updates_running_stats():
             self._update_running_stats(mean, std)  # checks, then counter and statistics together
