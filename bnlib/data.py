@@ -78,8 +78,16 @@ class MNIST:
             ("train_size", train_size, len(self.x_train)),
             ("test_size", test_size, len(self.x_test)),
         ):
-            if size is not None and (not isinstance(size, int) or not 1 <= size <= limit):
+            if size is None:
+                continue
+            if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+                raise TypeError(
+                    f"{name} must be an integer in [1, {limit}] or None, got {size!r} ({type(size).__name__})"
+                )
+            if not 1 <= size <= limit:
                 raise ValueError(f"{name} must be an integer in [1, {limit}], got {size!r}")
+        train_size = None if train_size is None else int(train_size)
+        test_size = None if test_size is None else int(test_size)
         return MNIST(
             self.x_train[:train_size], self.y_train[:train_size], self.x_test[:test_size], self.y_test[:test_size]
         )
@@ -124,7 +132,8 @@ class MNIST:
 
         from bnlib.device import get_device
 
-        if size not in (28, 32):
+        _flag(standardize, "standardize")
+        if isinstance(size, (bool, np.bool_)) or size not in (28, 32):
             raise ValueError(f"size must be 28 or 32, got {size!r}")
         if resize not in ("bilinear", "pad"):
             raise ValueError(f"resize must be 'bilinear' or 'pad', got {resize!r}")
@@ -142,11 +151,19 @@ class MNIST:
 
     def keras(self, split: str = "train", *, standardize: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Images as float32 NHWC arrays (N, 28, 28, 1) in [0, 1], labels as int64."""
+        _flag(standardize, "standardize")
         x, y = self._split(split)
         images = x[..., None].astype(np.float32) / np.float32(255.0)
         if standardize:
             images = (images - np.float32(self.mean)) / np.float32(self.std)
         return images, y
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A switch takes True or False only: a truthy string such as 'no' would switch it on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); e.g. {name}=False")
+    return bool(value)
 
 
 def data_dir() -> Path:
@@ -381,6 +398,7 @@ def load_mnist(*, cache: bool = True) -> MNIST:
         >>> mnist.x_train.shape, mnist.x_train.dtype, round(mnist.mean, 4)  # doctest: +SKIP
         ((60000, 28, 28), dtype('uint8'), 0.1307)
     """
+    _flag(cache, "cache")
     failures = []
     cache_path = data_dir() / "mnist.npz"
     if cache and cache_path.parent.is_dir():

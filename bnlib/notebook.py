@@ -63,7 +63,9 @@ def _numbers(x: Any, what: str, which: str) -> np.ndarray:
     try:
         array = _to_numpy(x)
     except (TypeError, ValueError) as error:  # a ragged list, an object NumPy cannot read
-        raise TypeError(f"{what}: {which} cannot be read as an array of numbers ({error}); got {type(x).__name__}") from error
+        raise TypeError(
+            f"{what}: {which} cannot be read as an array of numbers ({error}); got {type(x).__name__}"
+        ) from error
     if array.dtype.kind not in "biufc":
         raise TypeError(
             f"{what}: {which} must be numbers (an array, tensor or number), got {type(x).__name__} of dtype {array.dtype}"
@@ -196,6 +198,7 @@ class Stopwatch:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         """Time the block under ``name`` (times of the same name add up)."""
+        _what(name, "name")
         start = time.perf_counter()
         try:
             yield

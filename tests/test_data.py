@@ -291,3 +291,25 @@ def test_restricted_unpickler_refuses_out_of_band_buffers():
     assert buffers  # the array's bytes travelled outside the pickle
     with pytest.raises(pickle.UnpicklingError):
         data_module._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, np.nan])
+def test_switches_take_only_a_bool(mnist, value):
+    # A truthy string such as 'no' used to switch standardization (or the cache) on.
+    small = mnist.subset(2, 2)
+    for call in (
+        lambda: small.torch(device="cpu", standardize=value),
+        lambda: small.keras(standardize=value),
+        lambda: load_mnist(cache=value),
+    ):
+        with pytest.raises(TypeError, match=r"must be True or False, got"):
+            call()
+    assert small.keras(standardize=np.bool_(False))[0].max() <= 1
+
+
+def test_subset_sizes_are_integers_not_bools(mnist):
+    with pytest.raises(TypeError, match=r"train_size must be an integer in \[1, 60000\] or None, got True \(bool\)"):
+        mnist.subset(True)
+    with pytest.raises(TypeError, match=r"test_size .* got 2.0 \(float\)"):
+        mnist.subset(test_size=2.0)
+    assert len(mnist.subset(np.int64(3)).x_train) == 3

@@ -136,3 +136,11 @@ def test_check_that_refuses_what_is_not_a_boolean(capsys, holds, detail, error, 
     assert "holds" not in capsys.readouterr().out  # nothing printed as if it had been judged
     with pytest.raises(TypeError, match="what must be a non-empty string"):
         check_that(None, True)
+
+
+@pytest.mark.parametrize("name", [3, None, ""])
+def test_stopwatch_names_are_strings(name):
+    watch = Stopwatch()
+    with pytest.raises(TypeError, match="name must be a non-empty string"), watch(name):
+        pass
+    assert watch.seconds == {}
