@@ -279,7 +279,7 @@ def _interrupted(history: History, epoch: int, epoch_losses: Sequence[torch.Tens
     finished = history.epochs >= epoch
     losses = [] if finished or not epoch_losses else torch.stack(list(epoch_losses)).float().cpu().tolist()
     where = (
-        f"after epoch {epoch}"
+        ("before the first epoch" if epoch == 0 else f"after epoch {epoch}")
         if finished
         else f"in epoch {epoch} after {len(losses)} step(s) (kept in the model; their losses are .epoch_batch_loss)"
     )

@@ -386,3 +386,16 @@ def test_ctrl_c_twice_stops_at_once_and_ctrl_c_in_the_last_step_keeps_every_epoc
     with pytest.raises(TrainingInterrupted, match="after epoch 2") as caught:
         run(last, blobs(), epochs=2)
     assert caught.value.history.epochs == 2 and caught.value.epoch is None and caught.value.steps == 0
+
+
+def test_the_divergence_check_serves_a_stacked_run_too():
+    # One loss per model and step, as the stacked multi-seed trainer records them.
+    from bnlib.history import History
+    from bnlib.training import _raise_if_diverged
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    losses = [torch.tensor([0.5, 0.6]), torch.tensor([0.4, float("inf")]), torch.tensor([0.3, float("nan")])]
+    _raise_if_diverged(losses[:1], epoch=3, first_step=0, optimizer=optimizer, history=History())  # finite: no error
+    with pytest.raises(TrainingDivergedError, match=r"loss is \[0\.4.*, inf\] at epoch 3, step 2") as caught:
+        _raise_if_diverged(losses, epoch=3, first_step=1, optimizer=optimizer, history=History())
+    assert caught.value.step == 2 and len(caught.value.epoch_batch_loss) == 2
