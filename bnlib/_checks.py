@@ -42,6 +42,7 @@ __all__ = [
     "ArgumentTypeError",
     "positive_int",
     "nonnegative_int",
+    "finite_float",
     "positive_float",
     "nonnegative_float",
     "fraction",
@@ -112,6 +113,16 @@ def _real(value: Any, name: str, expected: str, hint: str) -> float:
     if not math.isfinite(result):
         raise ValueError(f"{name} must be {expected} (finite), got {_describe(value)}{_fix(hint)}")
     return result
+
+
+def finite_float(value: Any, name: str, *, hint: str = "") -> float:
+    """A finite real number of any sign (int, float or NumPy scalar), returned as ``float``.
+
+    Example:
+        >>> finite_float(np.int64(-2), "bias")
+        -2.0
+    """
+    return _real(value, name, "a finite number", hint)
 
 
 def positive_float(value: Any, name: str, *, hint: str = "") -> float:

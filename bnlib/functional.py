@@ -122,13 +122,13 @@ def batch_norm_forward(
         ValueError: ``x`` has fewer than 2 dimensions, one value per feature
         (a batch of one: the variance is 0 and every output beta), NaN or
         infinite values; ``gamma``/``beta`` do not have one finite entry per
-        feature; ``eps`` is negative, NaN or infinite, or 0 with a constant
-        feature (a division by zero).
+        feature; ``eps`` is not a finite number > 0 (0 divides by zero on a
+        constant feature).
 
     Example:
         >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
-        >>> y, cache = batch_norm_forward(x, np.ones(2), np.zeros(2), eps=0.0)
-        >>> y
+        >>> y, cache = batch_norm_forward(x, np.ones(2), np.zeros(2), eps=1e-12)
+        >>> y.round(6)
         array([[-1., -1.],
                [ 1.,  1.]])
     """
@@ -136,9 +136,7 @@ def batch_norm_forward(
     if x.dtype.kind != "f":
         raise TypeError(f"batch_norm_forward expects a floating-point array, got dtype {x.dtype}; use x.astype(float)")
     axes = _np_batch_axes(x, "batch_norm_forward")
-    eps = _checks.nonnegative_float(
-        eps, "eps", hint="e.g. 1e-5; eps > 0 keeps a constant feature from dividing by zero"
-    )
+    eps = _checks.positive_float(eps, "eps", hint="e.g. 1e-5; eps > 0 keeps a constant feature from dividing by zero")
     compute = np.promote_types(x.dtype, np.float32)  # float16 sums of squares overflow at 65,504: float32 at least
     gamma = _checks.array_like(gamma, "gamma").astype(compute)
     beta = _checks.array_like(beta, "beta").astype(compute)
@@ -164,11 +162,6 @@ def batch_norm_forward(
     mean = xc.mean(axis=axes, keepdims=True)
     centered = xc - mean
     var = (centered**2).mean(axis=axes, keepdims=True)  # two-pass, biased
-    if eps == 0 and (var == 0).any():
-        raise ValueError(
-            f"batch_norm_forward with eps=0 divides by zero: feature(s) {np.flatnonzero(var.reshape(-1) == 0)[:10].tolist()} "
-            "are constant over the batch; use eps > 0 such as 1e-5"
-        )
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = centered * inv_std
     y = (gamma.reshape(shape) * xhat + beta.reshape(shape)).astype(x.dtype, copy=False)
@@ -282,6 +275,13 @@ def moments(
         tensor([1.5000, 4.5000])
     """
     dims_t = (dims,) if isinstance(dims, int) else tuple(dims)
+    for d in dims_t:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or not -x.ndim <= d < x.ndim:
+            raise ValueError(
+                f"moments: dims must be integers in [-{x.ndim}, {x.ndim - 1}] for shape {tuple(x.shape)}, "
+                f"got {d!r} in dims={dims!r}"
+            )
+    dims_t = tuple(int(d) for d in dims_t)
     if not dims_t:
         raise ValueError(
             f"moments needs at least one dim to reduce over, got dims=() for shape {tuple(x.shape)}; "
@@ -307,14 +307,16 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
 
     ``mean`` and ``var`` must broadcast against ``x`` (use ``keepdim=True``
     in :func:`moments`, or reshape running statistics to (1, C, 1, ...)).
+    ``eps`` is a finite number ``> 0``.
 
     Example:
         >>> import torch
         >>> x = torch.tensor([[1.0], [3.0]])
-        >>> normalize(x, *moments(x, 0), eps=0.0)
+        >>> normalize(x, *moments(x, 0), eps=1e-12)
         tensor([[-1.],
                 [ 1.]])
     """
+    eps = _functional_eps(eps, "normalize")
     # One multiply by 1/sqrt(var + eps) instead of a divide, as the frameworks do.
     return (x - mean) * (var + eps).rsqrt()
 
@@ -365,6 +367,7 @@ def running_average(running: torch.Tensor, batch_value: torch.Tensor, momentum: 
     batch_value = batch_value.detach().to(running.dtype)
     if isinstance(momentum, torch.Tensor):
         return running * (1.0 - momentum) + batch_value * momentum
+    momentum = _checks.probability(momentum, "momentum", hint="the weight of the new batch (PyTorch's convention)")
     return running.mul(1.0 - momentum).add(batch_value, alpha=momentum)
 
 
@@ -573,8 +576,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _functional_eps(eps: object, name: str) -> float:
-    return _checks.nonnegative_float(eps, f"{name}: eps", hint="e.g. 1e-5 (the layers require eps > 0)")
+def _functional_eps(eps: object, name: str = "") -> float:
+    # One rule with the layers: finite and > 0 (0 divides by zero on a constant channel, inf returns beta).
+    return _checks.positive_float(
+        eps, f"{name}: eps" if name else "eps", hint="e.g. 1e-5 (PyTorch's default) or 1e-3 (Keras's)"
+    )
 
 
 def _check_parameter(value: torch.Tensor | None, what: str, size: int, name: str) -> None:
@@ -586,15 +592,6 @@ def _check_parameter(value: torch.Tensor | None, what: str, size: int, name: str
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(
             f"{name}: {what} must be a floating-point tensor of shape ({size},) (one per channel), got {got}"
-        )
-
-
-def _refuse_zero_variance(var: torch.Tensor, eps: float, name: str) -> None:
-    # eps = 0 is allowed in the functional forms (as in torch), but a constant group would divide by zero.
-    if eps == 0 and values_readable(var) and bool((var == 0).any()):
-        raise ValueError(
-            f"{name}: eps=0 and a group of values with zero variance (a constant channel or sample) would divide by "
-            "zero (NaN or inf); use eps > 0 such as 1e-5"
         )
 
 
@@ -669,8 +666,7 @@ def batch_norm(
         running_var: (C,) buffer (unbiased variance) updated in place, or ``None``.
         training: use (and record) batch statistics.
         momentum: weight of the new batch in the running averages, in [0, 1].
-        eps: added to the variance; finite and ``>= 0`` (0 is refused when a
-            channel is constant).
+        eps: added to the variance; finite and ``> 0``, as for the layers.
         check_finite: in training, raise ValueError on NaN/inf batch
             statistics before the running averages are touched.
         name: how error messages name the caller, e.g. ``"BatchNorm(16)"``.
@@ -684,7 +680,7 @@ def batch_norm(
     Example:
         >>> import torch
         >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
-        >>> batch_norm(x, eps=0.0)
+        >>> batch_norm(x, eps=1e-12)
         tensor([[-1., -1.],
                 [ 1.,  1.]])
     """
@@ -722,7 +718,6 @@ def batch_norm(
             check_finite_statistics(mean, var, name)
     else:
         mean, var = running_mean.to(compute).reshape(shape), running_var.to(compute).reshape(shape)
-    _refuse_zero_variance(var, eps, name)
     return affine(normalize(xc, mean, var, eps), weight, bias).to(x.dtype)
 
 
@@ -748,7 +743,6 @@ def _moment_norm(
     if values < 2 and x.numel():
         raise ValueError(f"{name} needs more than 1 {unit}, got shape {tuple(x.shape)}; {fix}")
     mean, var = moments(grouped, dims)
-    _refuse_zero_variance(var, eps, name)
     out = normalize(grouped, mean, var, eps).reshape(x.shape)
     compute = out.dtype
     weight = None if weight is None else weight.to(compute)
@@ -768,14 +762,14 @@ def layer_norm(
 
     The same computation in training and evaluation: no running statistics.
     Like every functional form here: float16/bfloat16 is normalized in
-    float32 and returned in its own dtype; ``eps >= 0`` (0 refused for a
-    constant sample); one value per sample is refused (the output would be
+    float32 and returned in its own dtype; ``eps`` finite and ``> 0``, as
+    for the layers; one value per sample is refused (the output would be
     beta whatever the input). NaN in a sample makes that sample's output NaN
     and no other (as PyTorch).
 
     Example:
         >>> import torch
-        >>> layer_norm(torch.tensor([[1.0, 3.0], [0.0, 10.0]]), eps=0.0)
+        >>> layer_norm(torch.tensor([[1.0, 3.0], [0.0, 10.0]]), eps=1e-12)
         tensor([[-1.,  1.],
                 [-1.,  1.]])
     """
@@ -809,7 +803,7 @@ def instance_norm(
 
     Example:
         >>> import torch
-        >>> instance_norm(torch.tensor([[[1.0, 3.0], [5.0, 9.0]]]), eps=0.0)   # (N=1, C=2, L=2)
+        >>> instance_norm(torch.tensor([[[1.0, 3.0], [5.0, 9.0]]]), eps=1e-12)   # (N=1, C=2, L=2)
         tensor([[[-1.,  1.],
                  [-1.,  1.]]])
     """
@@ -846,7 +840,7 @@ def group_norm(
     Example:
         >>> import torch
         >>> x = torch.tensor([[1.0, 3.0, 0.0, 10.0]])      # (N=1, C=4), two groups of two
-        >>> group_norm(x, 2, eps=0.0)
+        >>> group_norm(x, 2, eps=1e-12)
         tensor([[-1.,  1., -1.,  1.]])
     """
     check_input(x, name)

@@ -178,6 +178,11 @@ class LeNet5(nn.Module):
         self.output = nn.Softmax(dim=1) if softmax_output else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"LeNet5 expects a tensor of images (N, C, 32, 32), got {type(x).__name__} {x!r:.60}; "
+                "convert with torch.as_tensor(x, dtype=torch.float32)"
+            )
         if x.dim() != 4 or x.shape[-2:] != (32, 32):
             raise ValueError(
                 f"LeNet5 expects images (N, C, 32, 32), got shape {tuple(x.shape)}; "
@@ -247,6 +252,11 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"MLP expects a tensor (N, {self.sizes[0]}), got {type(x).__name__} {x!r:.60}; "
+                "convert with torch.as_tensor(x, dtype=torch.float32)"
+            )
         x = self.flatten(x) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(
@@ -270,6 +280,7 @@ def init_like_source(model: nn.Module, *, bias: float = 0.01) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"init_like_source expects an nn.Module, got {type(model).__name__}")
+    bias = _checks.finite_float(bias, "bias", hint="every bias is filled with it; the source uses 0.01")
     for module in model.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)

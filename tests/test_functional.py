@@ -62,7 +62,9 @@ def test_numpy_forward_float32_keeps_dtype_and_matches():
 def test_backward_gradient_is_centred_and_orthogonal_to_xhat():
     rng = np.random.default_rng(2)
     x, dy = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
-    _, cache = bf.batch_norm_forward(x, np.full(3, 2.0), np.zeros(3), eps=0.0)  # eps makes sum(xhat**2) < m
+    _, cache = bf.batch_norm_forward(
+        x, np.full(3, 2.0), np.zeros(3), eps=1e-300
+    )  # eps > 0 but below var's rounding: sum(xhat**2) = m
     dx, _, _ = bf.batch_norm_backward(dy, cache)
     np.testing.assert_allclose(dx.sum(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose((dx * cache["xhat"]).sum(axis=0), 0, atol=1e-12)
@@ -76,7 +78,7 @@ def test_two_pass_variance_survives_a_large_mean():
     _, var = bf.moments(torch.tensor(x), 0)
     assert abs(var.item() - x.var()) < 1e-6 * x.var()
     assert abs(one_pass - x.var()) > 0.1 * x.var()  # the formula we avoid really fails
-    _, cache = bf.batch_norm_forward(x, np.ones(1), np.zeros(1), eps=0.0)
+    _, cache = bf.batch_norm_forward(x, np.ones(1), np.zeros(1), eps=1e-300)  # eps > 0, negligible next to var
     np.testing.assert_allclose(cache["inv_std"].ravel(), 1 / x.std(), rtol=1e-6)
 
 
@@ -210,3 +212,119 @@ def test_group_norm_names_a_bad_group_count():
         bf.group_norm(torch.randn(2, 4, 3), 0)
     with pytest.raises(ValueError, match="num_channels=4 is not divisible by num_groups=3"):
         bf.group_norm(torch.randn(2, 4, 3), 3)
+
+
+# ---------------------------------------------------------------- malformed and non-finite input refused
+
+
+def test_numpy_reference_refuses_what_would_be_silently_wrong():
+    rng = np.random.default_rng(4)
+    ones, zeros = np.ones(3), np.zeros(3)
+    with pytest.raises(ValueError, match=r"more than 1 value per feature.*shape \(1, 3\).*beta"):
+        bf.batch_norm_forward(rng.normal(size=(1, 3)), ones, zeros)  # returned zeros (beta) before
+    for eps in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be a positive number"):
+            bf.batch_norm_forward(rng.normal(size=(4, 3)), ones, zeros, eps=eps)
+    with pytest.raises(TypeError, match="eps must be a positive number"):
+        bf.batch_norm_forward(rng.normal(size=(4, 3)), ones, zeros, eps="1e-5")
+    x = rng.normal(size=(4, 3))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in feature\(s\) \[1\]"):
+        bf.batch_norm_forward(x, ones, zeros)
+    with pytest.raises(ValueError, match="gamma must hold finite numbers"):
+        bf.batch_norm_forward(rng.normal(size=(4, 3)), np.array([1.0, np.inf, 1.0]), zeros)
+    _, cache = bf.batch_norm_forward(rng.normal(size=(4, 3)), ones, zeros)
+    with pytest.raises(ValueError, match="dy must hold finite numbers"):
+        bf.batch_norm_backward(np.full((4, 3), np.nan), cache)
+    with pytest.raises(TypeError, match="cache must be the dict returned by batch_norm_forward"):
+        bf.batch_norm_backward(np.ones((4, 3)), None)
+
+
+def test_numpy_reference_float16_variance_is_taken_in_float32():
+    # Values of +-300: their float16 squares (90,000) overflow 65,504; the statistics are taken in float32.
+    x = np.array([[300.0], [-300.0], [300.0], [-300.0]], dtype=np.float16)
+    y, cache = bf.batch_norm_forward(x, np.ones(1), np.zeros(1))
+    assert y.dtype == np.float16 and cache["xhat"].dtype == np.float32
+    np.testing.assert_allclose(y.astype(np.float64).ravel(), [1, -1, 1, -1], atol=1e-3)
+    expected = nnf.batch_norm(torch.tensor(x), None, None, training=True).numpy()  # torch agrees
+    np.testing.assert_allclose(y.astype(np.float64), expected.astype(np.float64), atol=1e-3)
+
+
+def test_torch_functional_forms_refuse_bad_settings():
+    x = torch.randn(4, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    for momentum in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="momentum must be in"):
+            bf.batch_norm(x, running_mean=rm, running_var=rv, momentum=momentum)
+    assert rm.eq(0).all() and rv.eq(1).all()  # momentum=nan used to poison the running mean
+    for eps in (-1.0, 0.0, float("nan"), float("inf")):
+        for form in (
+            lambda eps: bf.batch_norm(x, eps=eps),
+            lambda eps: bf.layer_norm(x, eps=eps),
+            lambda eps: bf.instance_norm(x[..., None].expand(4, 3, 2), eps=eps),
+            lambda eps: bf.group_norm(x, 1, eps=eps),
+            lambda eps: bf.normalize(x, x.mean(0), x.var(0), eps),
+        ):
+            with pytest.raises(ValueError, match="eps must be a positive number"):
+                form(eps)
+    with pytest.raises(ValueError, match=r"weight must be a floating-point tensor of shape \(3,\).*got \(2,\)"):
+        bf.batch_norm(x, torch.ones(2))
+    with pytest.raises(ValueError, match=r"running_var must be a floating-point tensor of shape \(3,\)"):
+        bf.batch_norm(x, running_mean=rm, running_var=torch.ones(4))
+    with pytest.raises(ValueError, match=r"more than 1 value per sample.*shape \(4, 1\)"):
+        bf.layer_norm(torch.randn(4, 1))
+    with pytest.raises(TypeError, match="expected a torch.Tensor, got list"):
+        bf.layer_norm([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"dims must be integers in \[-2, 1\].*got 5"):
+        bf.moments(x, (5,))
+    for momentum in (float("nan"), 2.0, True):
+        with pytest.raises(ValueError, match="momentum"):
+            bf.running_average(rm, x[0], momentum)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_functional_forms_compute_reduced_precision_in_float32(dtype):
+    x = (1000 + 10 * torch.randn(4, 3, 150, 150, generator=torch.Generator().manual_seed(0))).to(dtype)
+    exact = x.float()
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.float16 else {"atol": 0.1, "rtol": 5e-2}
+    rm, rv = torch.zeros(3), torch.ones(3)
+    pairs = [
+        (bf.batch_norm(x, running_mean=rm, running_var=rv), nnf.batch_norm(exact, None, None, training=True)),
+        (bf.layer_norm(x), nnf.group_norm(exact, 1)),
+        (bf.group_norm(x, 3), nnf.group_norm(exact, 3)),
+        (bf.instance_norm(x), nnf.instance_norm(exact)),
+    ]
+    for y, expected in pairs:
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        torch.testing.assert_close(y.float(), expected, **tol)
+    torch.testing.assert_close(rm, 0.1 * exact.mean((0, 2, 3)), rtol=1e-2, atol=1e-2)
+
+
+def test_functional_batch_norm_empty_batch_and_one_write_for_both_buffers(monkeypatch):
+    rm, rv = torch.zeros(3), torch.ones(3)
+    assert bf.batch_norm(torch.randn(0, 3, 2), running_mean=rm, running_var=rv).shape == (0, 3, 2)
+    assert rm.eq(0).all() and rv.eq(1).all()
+    calls = []
+    original = torch._foreach_copy_
+    monkeypatch.setattr(
+        torch, "_foreach_copy_", lambda targets, values: calls.append(len(targets)) or original(targets, values)
+    )
+    bf.batch_norm(torch.randn(4, 3), running_mean=rm, running_var=rv)
+    assert calls == [2] and not rm.eq(0).all() and not rv.eq(1).all()  # both buffers in one call
+
+
+def test_values_readable_and_check_finite_statistics_under_vmap():
+    assert bf.values_readable(torch.zeros(1))
+    assert not bf.values_readable(torch.zeros(1, device="meta"))
+    seen = []
+    torch.func.vmap(lambda t: seen.append(bf.values_readable(t)) or t)(torch.zeros(2, 3))
+    assert seen == [False]
+    bad = torch.tensor([[float("nan"), 1.0]])
+    torch.func.vmap(lambda m: bf.check_finite_statistics(m, m, "L") or m)(bad)  # skipped: no error, no crash
+    with pytest.raises(ValueError, match=r"channel\(s\) \[0\]"):
+        bf.check_finite_statistics(bad, torch.ones(1, 2), "L")
+    finite = torch.ones(2)
+    with pytest.raises(ValueError, match=r"new running_mean or running_var of channel\(s\) \[1\].*float16"):
+        bf.check_finite_statistics(
+            finite, finite, "L", running=(torch.tensor([1.0, float("inf")]).half(), finite, "running_var")
+        )

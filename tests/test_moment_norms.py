@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -241,3 +243,60 @@ def test_constructor_arguments_and_repr():
     assert repr(GroupNorm(2, 4)) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
     assert GroupNorm(2, 4).num_features == 4
     assert LayerNorm(3, affine=False).weight is None and not list(LayerNorm(3, affine=False).parameters())
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: LayerNorm(3, dtype=torch.float16), lambda: nn.GroupNorm(1, 3, dtype=torch.float16)),
+        (lambda: GroupNorm(3, 3, dtype=torch.float16), lambda: nn.GroupNorm(3, 3, dtype=torch.float16)),
+        (
+            lambda: InstanceNorm(3, dtype=torch.float16),
+            lambda: nn.InstanceNorm2d(3, affine=True, dtype=torch.float16),
+        ),
+    ],
+    ids=["layer", "group", "instance"],
+)
+def test_float16_layers_accumulate_in_float32_past_65504_values(ours, theirs):
+    # A group of 3 * 200 * 200 = 120,000 values: a float16 count or sum of squares overflows; torch's layers
+    # accumulate in float32, and so do ours (they used to return beta, silently).
+    ours, theirs = ours(), theirs()
+    exact = copy.deepcopy(theirs).float()
+    x = (5 + 2 * torch.randn(2, 3, 200, 200, generator=torch.Generator().manual_seed(0))).half()
+    y_ours, y_theirs, y_exact = ours(x), theirs(x), exact(x.float())
+    assert y_ours.dtype == torch.float16
+    assert y_ours.float().std() > 0.9  # not beta (zeros)
+    for y in (y_ours, y_theirs):
+        torch.testing.assert_close(y.float(), y_exact, atol=1e-2, rtol=1e-2)
+    x32 = (5 + 2 * torch.randn(2, 3, 4, 4)).float()
+    with pytest.raises(TypeError, match="float16 parameters but got a torch.float32"):
+        ours(x32)
+
+
+@pytest.mark.parametrize("make", [LayerNorm, InstanceNorm, lambda c, **kw: GroupNorm(1, c, **kw)])
+def test_one_eps_rule_for_every_layer(make):
+    # As BatchNorm: eps finite and > 0 (eps=inf returned beta whatever the input; 0 divides by zero).
+    import numpy as np
+
+    for eps in (0, -1e-5, float("nan"), float("inf"), "1e-5", True):
+        with pytest.raises(ValueError, match="eps must be a positive number"):
+            make(3, eps=eps)
+    assert make(3, eps=np.float32(1e-3)).eps == pytest.approx(1e-3)
+    with pytest.raises(TypeError, match="affine must be True or False"):
+        make(3, affine="no")
+
+
+def test_nan_stays_in_its_own_group_as_in_torch():
+    # Documented: these layers do not refuse NaN; it spoils its own sample (layer), sample and channel
+    # (instance) or sample and group (group), as torch.nn's layers do.
+    x = torch.randn(2, 4, 3, 3)
+    x[1, 0, 0, 0] = float("nan")
+    for ours, theirs, spoiled in [
+        (LayerNorm(4), nn.GroupNorm(1, 4), (slice(1, 2), slice(None))),
+        (InstanceNorm(4), nn.InstanceNorm2d(4, affine=True), (slice(1, 2), slice(0, 1))),
+        (GroupNorm(2, 4), nn.GroupNorm(2, 4), (slice(1, 2), slice(0, 2))),
+    ]:
+        y, y_torch = ours(x), theirs(x)
+        expected = torch.zeros_like(x, dtype=torch.bool)
+        expected[spoiled] = True
+        assert torch.equal(torch.isnan(y), expected) and torch.equal(torch.isnan(y_torch), expected)

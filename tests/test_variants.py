@@ -512,3 +512,76 @@ def test_reduced_precision_input_with_float32_state_works_as_in_torch(ours, thei
             torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-3, rtol=1e-3)
     with pytest.raises(TypeError, match="parameters but got a torch.float64 input"):
         ours(x.double())  # other mismatches are still refused, with a message
+
+
+# ----------------------------------------------------------------------------- shared base and checks
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BatchRenorm(3, r_max=1.0, d_max=0.0, dtype=torch.float16),
+        lambda: GhostBatchNorm(3, 4, dtype=torch.float16),
+    ],
+    ids=["renorm", "ghost"],
+)
+def test_float16_layers_compute_in_float32(make):
+    # Input near 1000: float16 squares overflow; the layer computes in float32 and stores rounded statistics.
+    layer = make()
+    reference = make().float()
+    x = (1000 + 10 * torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0))).half()
+    y, y_ref = layer(x), reference(x.float())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), y_ref, atol=3e-2, rtol=1e-2)
+    for name, buffer in layer.named_buffers():
+        if buffer.is_floating_point():
+            assert buffer.dtype == torch.float16
+            torch.testing.assert_close(buffer.float(), getattr(reference, name), atol=0.1, rtol=1e-3, msg=name)
+    assert int(layer.num_batches_tracked) == int(reference.num_batches_tracked)
+
+
+def test_every_norm_layer_shares_the_base_and_its_reprs_are_unchanged():
+    from bnlib.layers import NoisyBatchNorm
+    from bnlib.layers._base import NormBase, RunningStatsNorm
+
+    running = [BatchNorm(3), BatchRenorm(3), GhostBatchNorm(3, 2)]
+    plain = [LayerNorm(3), InstanceNorm(3), GroupNorm(1, 3), NoisyBatchNorm(3)]
+    assert all(isinstance(m, RunningStatsNorm) for m in running)
+    assert all(isinstance(m, NormBase) and not isinstance(m, RunningStatsNorm) for m in plain)
+    assert [m.extra_repr() for m in running + plain] == [
+        "3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True",
+        "3, eps=1e-05, momentum=0.1, r_max=1, d_max=0, affine=True",
+        "3, virtual_batch_size=2, eps=1e-05, momentum=0.1, affine=True",
+        "3, eps=1e-05, affine=True",
+        "3, eps=1e-05, affine=True",
+        "1, 3, eps=1e-05, affine=True",
+        "3, mean_range=1, scale_range=(1.0, 3.0), jitter=0.1",
+    ]
+    for layer in running:  # one reset for all: running mean 0, spread 1, counter 0
+        layer(torch.randn(4, 3) * 3 + 2)
+        layer.reset_parameters()
+        assert int(layer.num_batches_tracked) == 0 and layer.running_mean.eq(0).all()
+        assert next(b for n, b in layer.named_buffers() if n in ("running_var", "running_std")).eq(1).all()
+
+
+def test_numpy_scalars_are_accepted_and_strings_refused_everywhere():
+    from bnlib.layers import NoisyBatchNorm
+
+    assert GhostBatchNorm(np.int64(3), np.int32(4), momentum=np.float32(0.5)).virtual_batch_size == 4
+    assert BatchRenorm(3, r_max=np.float64(2.0), d_max=np.int64(1)).d_max == 1.0
+    assert RenormWarmup(warmup_steps=np.int64(2), r_max_steps=np.int64(4), d_max_steps=3)(3) == (2.0, 5.0)
+    assert GroupNorm(np.int64(2), np.int64(4)).num_groups == 2
+    noisy = NoisyBatchNorm(np.int64(3), mean_range=np.float32(0.5), scale_range=(1, np.float64(2.0)))
+    assert noisy.mean_range == 0.5 and noisy.scale_range == (1.0, 2.0)
+    for bad, message in [
+        (lambda: GhostBatchNorm(3, "4"), "virtual_batch_size must be a positive integer"),
+        (lambda: BatchRenorm(3, r_max="2"), "r_max must be a positive number"),
+        (lambda: NoisyBatchNorm(3, jitter=float("nan")), "jitter must be a number >= 0"),
+        (lambda: NoisyBatchNorm(3, scale_range=(2.0, 1.0)), r"0 < low <= high"),
+        (lambda: GroupNorm("2", 4), "num_groups must be a positive integer"),
+        (lambda: RenormWarmup(warmup_steps=1.5), "warmup_steps must be a non-negative integer"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bad()
+    with pytest.raises(ValueError, match=r"NoisyBatchNorm\(3\) expected 3 channels at dim 1"):
+        NoisyBatchNorm(3)(torch.randn(4, 2))

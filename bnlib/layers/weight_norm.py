@@ -98,7 +98,7 @@ def add_weight_norm(module: nn.Module, name: str = "weight", *, dim: int | None 
         torch.Size([2, 1])
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"add_weight_norm expects an nn.Module, got {type(module).__name__}")
+        raise TypeError(f"add_weight_norm expects an nn.Module, got {type(module).__name__} {module!r:.60}")
     param = getattr(module, name, None)
     if not isinstance(param, nn.Parameter):
         names = [n for n, _ in module.named_parameters(recurse=False)]
@@ -129,6 +129,8 @@ def apply_weight_norm(
         >>> sum(parametrize.is_parametrized(m, "weight") for m in model)
         2
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply_weight_norm expects an nn.Module, got {type(model).__name__} {model!r:.60}")
     layers = [m for m in model.modules() if isinstance(m, types) and not parametrize.is_parametrized(m, "weight")]
     if not layers:
         raise ValueError(
