@@ -433,11 +433,12 @@ def fit(
         seeds stops too), whose ``.history`` holds the finished epochs. The
         partial epoch's steps stay in the model's weights but not in the
         History: its step count and losses are ``.steps`` and
-        ``.epoch_batch_loss``. A ``KeyboardInterrupt`` raised by the model
-        itself, or arriving where the SIGINT handler cannot be installed (a
-        thread other than the main one), stops in the middle of its step and is
-        reported the same way. Either way the model ends in the mode it started
-        in.
+        ``.epoch_batch_loss``. Ctrl-C in the last step still raises, with
+        every epoch in ``.history``. A ``KeyboardInterrupt`` raised by the model
+        itself, or arriving while SIGINT has a handler other than Python's
+        default (which ``fit`` then leaves alone; off the main thread it
+        installs none), stops in the middle of its step and is reported the
+        same way. Either way the model ends in the mode it started in.
 
     Args:
         model: any ``nn.Module`` mapping a batch of ``x`` to outputs ``loss_fn`` accepts.
