@@ -35,13 +35,16 @@ def test_import_bnlib_and_bnlib_keras_do_not_import_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
-def test_missing_tensorflow_says_how_to_install():
+def test_without_tensorflow_the_builders_run_on_torch_and_the_tensorflow_pieces_say_how_to_install():
     result = run_python(
         """
-        import sys
+        import os, sys
+        os.environ.pop("KERAS_BACKEND", None)
         sys.modules["tensorflow"] = None  # what Python does for a package that is not installed
         import bnlib.keras
-        for call in (bnlib.keras.model_a, bnlib.keras.tensorflow_device):
+        model = bnlib.keras.model_a()
+        print("built on", bnlib.keras.backend_name(), model.output_shape)
+        for call in (bnlib.keras.require_keras, bnlib.keras.tensorflow_device):
             try:
                 call()
             except ImportError as error:
@@ -52,9 +55,125 @@ def test_missing_tensorflow_says_how_to_install():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2
-    for line in lines:
+    assert lines[0] == "built on torch (None, 10)"
+    assert len(lines) == 3
+    for line in lines[1:]:
         assert line.startswith("ImportError:") and 'pip install "bnlib[keras]"' in line
+
+
+def test_missing_keras_says_how_to_install():
+    result = run_python(
+        """
+        import os, sys
+        os.environ.pop("KERAS_BACKEND", None)  # (the test process sets it once Keras is imported)
+        sys.modules["tensorflow"] = sys.modules["keras"] = None  # neither installed
+        import bnlib.keras
+        for call in (bnlib.keras.model_a, bnlib.keras.keras_lenet5, bnlib.keras.import_keras):
+            try:
+                call()
+            except ImportError as error:
+                print("ImportError:", error)
+            else:
+                print("no error")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert line.startswith("ImportError:") and 'pip install "bnlib[keras]"' in line and "Keras 3" in line
+
+
+def test_an_unknown_keras_backend_is_refused():
+    result = run_python(
+        """
+        import os
+        os.environ["KERAS_BACKEND"] = "numpy"
+        import bnlib.keras
+        try:
+            bnlib.keras.import_keras()
+        except ValueError as error:
+            print("ValueError:", error)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ValueError: KERAS_BACKEND='numpy'") and "tensorflow, torch, jax" in result.stdout
+
+
+def test_the_default_backend_is_tensorflow_where_it_is_installed():
+    keras = bk.import_keras()
+    assert bk.backend_name() == keras.backend.backend() == "tensorflow"
+    assert bk.keras_device() == bk.tensorflow_device()
+
+
+# --- layout: every builder in one module; keras.datasets only behind bnlib.keras ----------------
+
+
+def test_every_keras_model_builder_lives_in_one_module():
+    from bnlib.keras import _models, porting
+
+    builders = [bk.model_a, bk.model_b, bk.model_c_dense, bk.model_c_conv, bk.keras_lenet5]
+    assert all(builder.__module__ == "bnlib.keras._models" for builder in builders)
+    assert porting.keras_lenet5 is bk.keras_lenet5 is _models.keras_lenet5  # old import path still works
+    assert set(bk.MODEL_BUILDERS.values()) <= set(builders)
+    # porting converts; it builds nothing itself.
+    assert not [
+        name
+        for name, value in vars(porting).items()
+        if callable(value)
+        and getattr(value, "__module__", "") == "bnlib.keras.porting"
+        and name.startswith(("model_", "keras_lenet"))
+    ]
+
+
+def _imports_of(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_bnlib_keras_imports_keras_or_tensorflow():
+    from pathlib import Path
+
+    package = Path(bnlib.__file__).parent
+    outside = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "keras" not in path.relative_to(package).parts[:1] and _imports_of(path) & {"keras", "tensorflow"}
+    )
+    assert outside == []
+    uses = sorted(str(path.relative_to(package)) for path in package.rglob("*.py") if _uses_keras_datasets(path))
+    assert uses == ["keras/_data.py"]
+
+
+def _uses_keras_datasets(path) -> bool:
+    """``keras.datasets`` in code (an import or an attribute), not in a comment or docstring."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras.datasets"):
+            return True
+        if isinstance(node, ast.Import) and any(a.name.startswith("keras.datasets") for a in node.names):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "datasets" and ast.unparse(node.value) == "keras":
+            return True
+    return False
+
+
+def test_load_mnist_reaches_the_keras_download_through_bnlib_keras(monkeypatch):
+    import bnlib.data
+    import bnlib.keras._data
+
+    sentinel = {"x_train": np.zeros((1, 28, 28), np.uint8)}
+    monkeypatch.setattr(bnlib.keras._data, "download_mnist", lambda: sentinel)
+    assert bnlib.data._from_keras() is sentinel
 
 
 # --- converters --------------------------------------------------------------------------------
@@ -70,6 +189,13 @@ def test_momentum_conversion_both_ways(torch_m, keras_m):
 def test_momentum_out_of_range_is_a_value_error(bad):
     with pytest.raises(ValueError, match="momentum"):
         bk.keras_momentum_from_torch(bad)
+
+
+def test_momentum_none_has_one_rule_refused_with_the_fix():
+    """PyTorch's cumulative average (momentum=None) has no fixed Keras momentum: every converter refuses it."""
+    for call in (lambda: bk.keras_momentum_from_torch(None), lambda: bk.keras_batchnorm_kwargs(momentum=None)):
+        with pytest.raises(ValueError, match=r"cumulative.*set each batch norm's \.momentum to a number"):
+            call()
 
 
 @pytest.mark.parametrize("bad", ["0.1", True, [0.1]])
@@ -315,6 +441,8 @@ def test_fit_fills_the_history_contract(tiny, contract_history):
     assert all(np.isfinite(history.val_loss)) and all(s > 0 for s in history.seconds)
     assert {"framework": "keras", "seed": 0, "batch_size": 20, "run": "t"}.items() <= history.meta.items()
     assert "CPU" in history.meta["device"] or "GPU" in history.meta["device"]
+    assert history.meta["backend"] == "tensorflow" and history.meta["learning_rate"] == 1e-3
+    assert history.meta["jit_compile"] is False  # Keras's "auto" on a CPU
     frame = history.to_frame()
     assert list(frame["epoch"]) == [1, 2] and {"train_loss", "val_accuracy", "model"} <= set(frame.columns)
     no_val = bk.fit(bk.model_c_conv, train, epochs=1, batch_size=32, seed=0, progress=False)
@@ -423,3 +551,97 @@ def test_seed_everything_seeds_tensorflow_once_it_is_imported():
     bnlib.seed_everything(6)
     other = tf.random.uniform((4,)).numpy()
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+# --- never a silent NaN -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_eagerly", [True, False])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_a_huge_learning_rate_stops_fit_at_the_first_nan_loss(tiny, batch_norm, run_eagerly):
+    train, _ = tiny
+    with pytest.raises(bk.TrainingDivergedError) as caught:
+        bk.fit(
+            lambda: bk.model_c_conv(batch_norm=batch_norm),
+            train,
+            epochs=3,
+            batch_size=16,
+            seed=0,
+            learning_rate=1e30,
+            progress=False,
+            run_eagerly=run_eagerly,
+        )
+    error = caught.value
+    assert bk.TrainingDivergedError is bnlib.training.TrainingDivergedError  # one error for both frameworks
+    assert isinstance(error, FloatingPointError) and isinstance(error, ValueError)
+    # Step 1 is computed with the initial weights (finite); its update makes the weights ~1e30.
+    assert (error.epoch, error.step, error.learning_rates) == (1, 2, [1e30]) and not np.isfinite(error.loss)
+    assert len(error.epoch_batch_loss) == 2 and np.isfinite(error.epoch_batch_loss[0])
+    message = str(error)
+    for part in ("epoch 1 of 3", "step 2 of 4", "is nan", "learning rate 1e+30", ".history"):
+        assert part in message, (part, message)
+    assert error.history.epochs == 0 and error.history.batch_loss == []
+    assert error.history.meta["learning_rate"] == 1e30 and error.history.meta["framework"] == "keras"
+
+
+@pytest.mark.parametrize("run_eagerly", [True, False])
+def test_nan_or_infinite_images_are_refused_before_training(tiny, run_eagerly):
+    """Refused up front: in TensorFlow's compiled graph a fused Conv2D+ReLU turns NaN into 0 (no NaN loss to catch)."""
+    (x, y), (x_test, y_test) = tiny
+    x = x.copy()
+    x[50, 3, 4, 0] = np.nan
+    x[60, 0, 0, 0] = np.inf
+    with pytest.raises(
+        ValueError, match="train images hold NaN or infinite values in 2 image.s., the first at index 50"
+    ):
+        bk.fit(bk.model_c_conv, (x, y), epochs=2, batch_size=16, seed=0, progress=False, run_eagerly=run_eagerly)
+    bad_val = x_test.copy()
+    bad_val[3] = np.nan
+    with pytest.raises(ValueError, match="val images hold NaN"):
+        bk.fit(bk.model_c_conv, (x[:48], y[:48]), val=(bad_val, y_test), epochs=1, batch_size=16, seed=0)
+    with pytest.raises(ValueError, match="data images hold NaN"):
+        bk.evaluate(bk.model_c_conv(), (bad_val, y_test))
+
+
+def nan_after(steps: int):
+    """A model that, like a layer overflowing mid-training, outputs NaN from training step ``steps + 1`` on."""
+    keras = bk.import_keras()
+
+    class NanAfter(keras.layers.Layer):
+        def build(self, input_shape):
+            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+        def call(self, inputs, training=False):
+            if training:
+                self.count.assign(self.count + 1.0)
+            poison = keras.ops.where(self.count > steps, float("nan"), 1.0)
+            return inputs * keras.ops.cast(poison, inputs.dtype)
+
+    def build():
+        model = bk.model_c_conv(batch_norm=False)
+        return keras.Sequential([keras.Input((28, 28, 1)), *model.layers, NanAfter()], name="nan_after")
+
+    return build
+
+
+@pytest.mark.parametrize("run_eagerly", [True, False])
+def test_the_history_of_the_finished_epochs_survives_a_divergence(tiny, run_eagerly):
+    train, _ = tiny  # 64 images in batches of 16: 4 steps per epoch; NaN from step 6 = epoch 2, step 2
+    with pytest.raises(bk.TrainingDivergedError, match="epoch 2 of 3, step 2 of 4") as caught:
+        bk.fit(nan_after(5), train, epochs=3, batch_size=16, seed=0, progress=False, run_eagerly=run_eagerly)
+    history = caught.value.history
+    assert (caught.value.epoch, caught.value.step) == (2, 2) and np.isnan(caught.value.loss)
+    assert "(step 6 of the run)" in str(caught.value)
+    assert history.epochs == 1 and len(history.batch_loss) == 4 and np.isfinite(history.batch_loss).all()
+    assert np.isfinite(history.train_loss).all() and history.meta["run_eagerly"] is run_eagerly
+    assert "1 finished epoch(s)" in str(caught.value)
+
+
+def test_fit_refuses_an_infinite_learning_rate_and_a_bad_jit_compile(tiny):
+    train, _ = tiny
+    with pytest.raises(ValueError, match="finite number >= 0, got inf"):
+        bk.fit(bk.model_c_conv, train, epochs=1, batch_size=8, seed=0, learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="jit_compile must be True, False or 'auto'"):
+        bk.fit(bk.model_c_conv, train, epochs=1, batch_size=8, seed=0, jit_compile="yes")
+    with pytest.raises(ValueError, match="choose one"):
+        bk.fit(bk.model_c_conv, train, epochs=1, batch_size=8, seed=0, jit_compile=True, run_eagerly=True)

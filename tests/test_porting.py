@@ -178,7 +178,23 @@ def test_refusals():
         conv_kernel_to_keras(np.zeros((3, 3)))
 
 
-def test_missing_tensorflow_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` raise ImportError
+def test_missing_keras_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras", None)  # makes `import keras` raise ImportError
     with pytest.raises(ImportError, match=r'pip install "bnlib\[keras\]"'):
         keras_lenet5()
+    with pytest.raises(ImportError, match=r'pip install "bnlib\[keras\]"'):
+        keras_to_torch_lenet5(object())
+
+
+@pytest.mark.parametrize(
+    "norm", [lambda c: nn.BatchNorm2d(c, momentum=None), lambda c: bnlib.layers.BatchNorm(c, momentum=None)]
+)
+def test_momentum_none_is_refused_with_the_fix_as_every_converter_does(norm):
+    """The one momentum=None rule of bnlib.keras: no fixed Keras momentum equals a cumulative average."""
+    model = LeNet5(norm=norm).eval()
+    with pytest.raises(ValueError, match=r"cumulative.*set each batch norm's \.momentum to a number"):
+        torch_to_keras_lenet5(model)
+    for module in model.modules():  # the fix the message gives: a number; the predictions do not depend on it
+        if bnlib.inference.is_batchnorm(module):
+            module.momentum = 0.1
+    assert torch_to_keras_lenet5(model).get_layer("bn1").momentum == pytest.approx(0.9)

@@ -1,19 +1,29 @@
-"""Batch norm in Keras: the source tutorials' models, a trainer, and the PyTorch <-> Keras conventions.
+"""Batch norm in Keras: the book's Keras models, a trainer, and the PyTorch <-> Keras conventions.
 
-This is the only part of bnlib that imports TensorFlow, and only when a
-function that needs it runs: ``import bnlib.keras`` works without TensorFlow
-(the hyperparameter converters need neither framework), and the first builder
-or ``fit`` call raises an ``ImportError`` saying ``pip install "bnlib[keras]"``
-when TensorFlow is missing.
+This is the only part of bnlib that imports Keras (and TensorFlow), and only
+when a function that needs it runs: ``import bnlib.keras`` works without them
+(the hyperparameter converters need no framework), and the first builder or
+``fit`` call raises an ``ImportError`` saying ``pip install "bnlib[keras]"``
+when Keras is missing.
 
-* Builders of sources A, B and C (C fixed), with batch norm on or off and
-  placed after or before the ReLU: :func:`model_a`, :func:`model_b`,
-  :func:`model_c_dense`, :func:`model_c_conv`.
+**Any backend.** Everything here is written against Keras 3's backend-neutral
+API, so it runs on TensorFlow (the default where it is installed), on torch or
+on JAX: set ``KERAS_BACKEND`` before Python starts, or let
+:func:`import_keras` pick the first installed. Only :func:`require_keras`
+(which returns ``tf`` too) and :func:`tensorflow_device` need TensorFlow.
+
+* Every builder, in one module: sources A, B and C (C fixed), with batch norm
+  on or off and placed after or before the ReLU (:func:`model_a`,
+  :func:`model_b`, :func:`model_c_dense`, :func:`model_c_conv`), and
+  LeNet-5's Keras twin :func:`keras_lenet5`.
 * :func:`fit` trains one and returns bnlib's shared
-  :class:`~bnlib.history.History`, the type the PyTorch trainer returns;
-  :func:`evaluate` scores it.
+  :class:`~bnlib.history.History`, the type the PyTorch trainer returns; it
+  stops at the first non-finite loss with :class:`TrainingDivergedError`;
+  :func:`evaluate` scores a model.
 * Converters between the frameworks' BN hyperparameters:
-  :func:`keras_momentum_from_torch`, :func:`biased_variance`, ...
+  :func:`keras_momentum_from_torch` (with the one rule for PyTorch's
+  ``momentum=None``: refused), :func:`biased_variance`, ...
+* :mod:`bnlib.keras.porting` (imports torch) copies a LeNet-5 between the frameworks.
 
 Example:
     >>> import bnlib.keras
@@ -23,7 +33,16 @@ Example:
 
 from __future__ import annotations
 
-from bnlib.keras._backend import INSTALL_HINT, require_keras, tensorflow_device
+from bnlib.keras._backend import (
+    BACKENDS,
+    INSTALL_HINT,
+    backend_name,
+    import_keras,
+    keras_device,
+    require_keras,
+    seed_keras,
+    tensorflow_device,
+)
 from bnlib.keras._hyperparameters import (
     KERAS_EPSILON,
     KERAS_MOMENTUM,
@@ -40,6 +59,7 @@ from bnlib.keras._models import (
     MODEL_BUILDERS,
     MODEL_C_CONV_AS_WRITTEN,
     PLACEMENTS,
+    keras_lenet5,
     layer_table,
     model_a,
     model_b,
@@ -49,6 +69,7 @@ from bnlib.keras._models import (
 )
 from bnlib.keras._training import (
     EAGER_BELOW_STEPS,
+    TrainingDivergedError,
     batch_losses_from_running_means,
     evaluate,
     fit,
@@ -56,7 +77,12 @@ from bnlib.keras._training import (
 )
 
 __all__ = [
+    "BACKENDS",
     "INSTALL_HINT",
+    "import_keras",
+    "backend_name",
+    "keras_device",
+    "seed_keras",
     "require_keras",
     "tensorflow_device",
     "KERAS_EPSILON",
@@ -76,6 +102,7 @@ __all__ = [
     "model_b",
     "model_c_dense",
     "model_c_conv",
+    "keras_lenet5",
     "parameter_counts",
     "layer_table",
     "fit",
@@ -83,13 +110,13 @@ __all__ = [
     "validation_split_sizes",
     "batch_losses_from_running_means",
     "EAGER_BELOW_STEPS",
+    "TrainingDivergedError",
     # bnlib.keras.porting, loaded on first use (it imports torch)
-    "keras_lenet5",
     "torch_to_keras_lenet5",
     "keras_to_torch_lenet5",
 ]
 
-_PORTING = {"keras_lenet5", "torch_to_keras_lenet5", "keras_to_torch_lenet5"}
+_PORTING = {"torch_to_keras_lenet5", "keras_to_torch_lenet5"}
 
 
 def __getattr__(name: str):

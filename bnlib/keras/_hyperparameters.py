@@ -61,12 +61,22 @@ def _check_fraction(name: str, value: Any, hint: str) -> float:
 def keras_momentum_from_torch(momentum: float | None) -> float:
     """Keras's ``momentum`` for the same update as PyTorch's ``momentum``: ``1 - momentum``.
 
+    **momentum=None, the one rule of bnlib.keras.** PyTorch's ``momentum=None``
+    keeps a cumulative average: after ``t`` batches the new one gets weight
+    ``1 / t``, a weight that changes every step. Keras's
+    ``BatchNormalization`` has one fixed momentum, so no Keras setting
+    reproduces it, and every bnlib.keras function that translates a PyTorch
+    momentum (this one, :func:`keras_batchnorm_kwargs`,
+    :func:`bnlib.keras.porting.torch_to_keras_lenet5`) refuses it with this
+    ValueError rather than pick a number silently. To port a trained model,
+    set its layers' ``momentum`` to a number first: the momentum changes
+    further training, never the predictions.
+
     Args:
         momentum: PyTorch's weight of the *new* batch statistic, in [0, 1].
 
     Raises:
-        ValueError: ``momentum=None`` (PyTorch's cumulative average, which has
-            no Keras equivalent) or a value outside [0, 1].
+        ValueError: ``momentum=None`` or a value outside [0, 1].
 
     Example:
         >>> keras_momentum_from_torch(0.1)
@@ -75,7 +85,9 @@ def keras_momentum_from_torch(momentum: float | None) -> float:
     if momentum is None:
         raise ValueError(
             "momentum=None makes PyTorch keep a cumulative (equal-weight) average, which Keras's "
-            "exponential moving average cannot express; pass a number in [0, 1] instead"
+            "exponential moving average with a fixed momentum cannot express; pass a number in [0, 1] instead "
+            "(for a trained PyTorch model, set each batch norm's .momentum to a number, e.g. 0.1, before porting: "
+            "it changes further training, not the predictions)"
         )
     m = _check_fraction("momentum", momentum, "PyTorch's default is 0.1")
     return round(1.0 - m, 12)

@@ -1,4 +1,7 @@
-"""The Keras models of the three source tutorials, with batch norm switchable and movable.
+"""Every Keras model of the book: the three source tutorials' models and LeNet-5's Keras twin.
+
+All of them are written with Keras 3's backend-neutral layers only, so they
+build on TensorFlow, torch or JAX (see :func:`bnlib.keras.import_keras`).
 
 Each builder returns an uncompiled ``keras.Sequential`` (``bnlib.keras.fit``
 compiles it). ``batch_norm=False`` drops every ``BatchNormalization`` layer;
@@ -15,6 +18,10 @@ makes that bias redundant before BN, and its gradient is zero there), so both
 placements have exactly the same parameter count. Source A's BN layers right
 after each pooling layer are not next to an activation and stay where they are.
 
+:func:`keras_lenet5` is the Keras twin of :class:`bnlib.models.LeNet5`
+(layer names and defaults chosen so that :mod:`bnlib.keras.porting` can copy
+weights between them); its BN defaults are PyTorch's.
+
 Paper: Ioffe and Szegedy (2015), Batch Normalization, ICML, section 3.2.
 """
 
@@ -23,13 +30,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bnlib.keras._backend import require_keras
+from bnlib.keras._backend import import_keras, seed_keras
 
 __all__ = [
     "model_a",
     "model_b",
     "model_c_dense",
     "model_c_conv",
+    "keras_lenet5",
     "MODEL_C_CONV_AS_WRITTEN",
     "MODEL_BUILDERS",
     "PLACEMENTS",
@@ -74,12 +82,8 @@ def _linear_bn_relu(keras: Any, linear: Callable[..., Any], batch_norm: bool, pl
 
 
 def _start(seed: int | None) -> Any:
-    _, keras = require_keras()  # TensorFlow first, so that seeding reaches it
-    if seed is not None:
-        from bnlib.config import seed_everything
-
-        seed_everything(seed)
-    return keras
+    """``keras`` on its backend, seeded first when ``seed`` is given (weights reproducible on every backend)."""
+    return import_keras() if seed is None else seed_keras(seed)
 
 
 def model_a(*, batch_norm: bool = True, placement: str = "after", seed: int | None = None) -> Any:
@@ -214,6 +218,92 @@ def model_c_conv(*, batch_norm: bool = True, placement: str = "after", seed: int
 
 def _name(base: str, batch_norm: bool, placement: str) -> str:
     return f"{base}_bn_{placement}" if batch_norm else f"{base}_plain"
+
+
+_LENET_ACTIVATIONS = ("tanh", "relu", "sigmoid")
+_LENET_POOLS = {"avg": "AveragePooling2D", "max": "MaxPooling2D"}
+
+
+def keras_lenet5(
+    batch_norm: bool = True,
+    *,
+    activation: str = "tanh",
+    pool: str = "avg",
+    norm_position: str = "after",
+    softmax_output: bool = False,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    seed: int | None = None,
+) -> Any:
+    """The Keras twin of :class:`bnlib.models.LeNet5`, layer for layer, on NHWC images.
+
+    ``Conv2D(6, 5) -> act -> [BN] -> pool 2 -> Conv2D(16, 5) -> act -> [BN] -> pool 2
+    -> Flatten -> Dense(120) -> act -> Dense(84) -> act -> Dense(num_classes) [-> softmax]``;
+    with ``norm_position="before"`` each BN sits between its convolution and the
+    activation, as in Ioffe and Szegedy (2015). The BN defaults are PyTorch's
+    (``momentum=0.9`` is PyTorch's 0.1, ``epsilon=1e-5``) so that a model built
+    here and one built in PyTorch behave alike; layers are named ``conv1``,
+    ``bn1``, ``act1``, ``pool1``, ..., ``fc3``.
+
+    Args:
+        batch_norm: include the two ``BatchNormalization`` layers.
+        activation: ``"tanh"`` (as the source), ``"relu"`` or ``"sigmoid"``.
+        pool: ``"avg"`` or ``"max"``.
+        norm_position: ``"after"`` the activation (as the source) or ``"before"`` it.
+        softmax_output: end with a softmax (outputs probabilities instead of logits).
+        momentum: Keras's ``BatchNormalization`` momentum (the weight of the old average).
+        epsilon: added to the variance before the square root.
+        in_channels: image channels.
+        num_classes: outputs of the last layer.
+        seed: seeds the initial weights through :func:`bnlib.seed_everything`.
+
+    Shape:
+        input ``(N, 32, 32, in_channels)``; output ``(N, num_classes)``.
+
+    Example:
+        >>> model = keras_lenet5(norm_position="before")
+        >>> [layer.name for layer in model.layers][:4]
+        ['conv1', 'bn1', 'act1', 'pool1']
+        >>> model.count_params()  # PyTorch's 61,706 + 4 numbers per BN channel (gamma, beta, mean, variance)
+        61794
+    """
+    if not isinstance(batch_norm, bool):
+        raise TypeError(f"batch_norm must be True or False, got {type(batch_norm).__name__} {batch_norm!r}")
+    if activation not in _LENET_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_LENET_ACTIVATIONS}, got {activation!r}")
+    if pool not in _LENET_POOLS:
+        raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+    if norm_position not in ("after", "before"):
+        raise ValueError(f"norm_position must be 'after' or 'before' the activation, got {norm_position!r}")
+    keras = _start(seed)
+    layers = keras.layers
+    Pool = getattr(layers, _LENET_POOLS[pool])
+
+    def block(index: int, filters: int) -> list[Any]:
+        conv = layers.Conv2D(filters, 5, name=f"conv{index}")
+        act = layers.Activation(activation, name=f"act{index}")
+        if not batch_norm:
+            return [conv, act]
+        bn = layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"bn{index}")
+        return [conv, act, bn] if norm_position == "after" else [conv, bn, act]
+
+    stack = [
+        keras.Input(shape=(32, 32, in_channels)),
+        *block(1, 6),
+        Pool(2, name="pool1"),
+        *block(2, 16),
+        Pool(2, name="pool2"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(120, name="fc1"),
+        layers.Activation(activation, name="act3"),
+        layers.Dense(84, name="fc2"),
+        layers.Activation(activation, name="act4"),
+        layers.Dense(num_classes, name="fc3"),
+        *([layers.Softmax(name="softmax")] if softmax_output else []),
+    ]
+    return keras.Sequential(stack, name="lenet5" + ("_bn_" + norm_position if batch_norm else ""))
 
 
 #: The builders by the sources' letters.

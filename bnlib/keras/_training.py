@@ -1,4 +1,10 @@
-"""Training a Keras model and recording it in bnlib's shared :class:`~bnlib.history.History`."""
+"""Training a Keras model, on any Keras 3 backend, and recording it in bnlib's shared :class:`~bnlib.history.History`.
+
+Never a silent NaN: :func:`fit` stops at the first step whose loss is not
+finite and raises :class:`TrainingDivergedError`, which names the epoch, the
+step, the loss and the learning rate and carries the History of the finished
+epochs.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,17 @@ from typing import Any
 import numpy as np
 
 from bnlib.history import History
-from bnlib.keras._backend import require_keras, tensorflow_device
+from bnlib.keras._backend import import_keras, keras_device, seed_keras
+from bnlib.training import TrainingDivergedError  # the PyTorch trainer's error, shared (no TensorFlow involved)
 
-__all__ = ["fit", "evaluate", "validation_split_sizes", "batch_losses_from_running_means", "EAGER_BELOW_STEPS"]
+__all__ = [
+    "fit",
+    "evaluate",
+    "validation_split_sizes",
+    "batch_losses_from_running_means",
+    "TrainingDivergedError",
+    "EAGER_BELOW_STEPS",
+]
 
 #: Trainings with fewer optimizer steps than this run eagerly by default (see :func:`fit`).
 EAGER_BELOW_STEPS = 32
@@ -89,7 +103,17 @@ def _check_data(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise TypeError(f"{name} labels must be integers (sparse labels, not one-hot), got dtype {y.dtype}")
-    return x.astype(np.float32, copy=False), y
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+        # Refused here, not left to the loss check: on TensorFlow's compiled graphs a fused Conv2D+ReLU maps NaN
+        # to 0, so NaN images can train silently as blank ones (eagerly they give a NaN loss).
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{name} images hold NaN or infinite values in {len(bad)} image(s), the first at index {bad[0]}; "
+            "drop or repair them (np.isfinite(images).reshape(len(images), -1).all(axis=1) marks the good ones)"
+        )
+    return x, y
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -111,6 +135,7 @@ def fit(
     shuffle: bool = True,
     progress: bool = True,
     run_eagerly: bool | None = None,
+    jit_compile: bool | str = "auto",
     meta: dict[str, Any] | None = None,
 ) -> History:
     """Train a Keras classifier as sources A and B do and return a :class:`~bnlib.history.History`.
@@ -118,9 +143,10 @@ def fit(
     The model is compiled here, every call afresh: Adam with ``learning_rate``
     (Keras's default 1e-3, as in the sources), sparse categorical
     cross-entropy on integer labels, accuracy. Seeds go through
-    :func:`bnlib.seed_everything` after TensorFlow is imported, so the weights
-    (when ``model`` is a builder), the shuffling and Keras's own random state
-    are reproducible.
+    :func:`bnlib.keras.seed_keras` after Keras (and its backend) is imported,
+    so the weights (when ``model`` is a builder), the shuffling and Keras's own
+    random state are reproducible. Runs on whichever backend Keras uses
+    (:func:`bnlib.keras.import_keras`).
 
     ``History`` conventions (shared with the PyTorch trainer): ``batch_loss``
     holds every step's loss on its batch, in training mode, before that step's
@@ -128,6 +154,17 @@ def fit(
     :func:`batch_losses_from_running_means`); ``train_loss`` and
     ``train_accuracy`` are the epoch's batch-size-weighted means as trained;
     ``val_*`` are computed in inference mode at the end of each epoch.
+
+    Never a silent NaN: images with NaN or infinite values are refused before
+    training (a ValueError naming the first); after every step the loss is
+    checked, and the first that is NaN or infinite (a learning rate too large,
+    a model that overflows) stops training with
+    :class:`bnlib.training.TrainingDivergedError`, the PyTorch trainer's error
+    (a ``FloatingPointError`` and a ``ValueError``). Its message names the
+    epoch, the step, the loss and the learning rate; its ``history`` attribute
+    holds the History of the epochs that finished (``epoch``, ``step``,
+    ``loss``, ``learning_rates`` and the diverged epoch's ``epoch_batch_loss``
+    are on it too), e.g. ``except TrainingDivergedError as error: partial = error.history``.
 
     Args:
         model: a Keras model, or a function with no arguments that builds one
@@ -138,19 +175,28 @@ def fit(
         val: ``(images, labels)`` evaluated after every epoch.
         validation_split: alternatively, the fraction of ``train`` held out for
             validation, taken from its end before shuffling, as Keras does.
-        learning_rate: Adam's step size.
+        learning_rate: Adam's step size, finite and >= 0.
         shuffle: reshuffle the training data every epoch.
         progress: show a tqdm progress bar over the epochs.
-        run_eagerly: run the training step eagerly instead of as a TensorFlow
+        run_eagerly: run the training step eagerly instead of as a compiled
             graph. ``None`` chooses: eagerly for runs of fewer than
-            :data:`EAGER_BELOW_STEPS` optimizer steps, where tracing the graph
-            (about 2 s of CPU per model) costs more than it saves. The numbers
-            are the same either way; only the time differs.
+            :data:`EAGER_BELOW_STEPS` optimizer steps (unless ``jit_compile=True``),
+            where tracing the graph (about 2 s of CPU per model on TensorFlow)
+            costs more than it saves. The numbers are the same either way; only
+            the time differs.
+        jit_compile: Keras's ``compile(jit_compile=...)``: ``"auto"`` (XLA on
+            TensorFlow with a GPU, never on a CPU or on torch), ``True`` (XLA on
+            TensorFlow and JAX, ``torch.compile`` on torch) or ``False``.
         meta: extra labels stored in ``History.meta``.
 
     Returns:
-        The run's History; ``meta`` has ``framework``, ``model``, ``seed``,
-        ``batch_size``, the TensorFlow ``device`` and ``run_eagerly``.
+        The run's History; ``meta`` has ``framework``, ``backend``, ``model``,
+        ``seed``, ``batch_size``, ``learning_rate``, the ``device``
+        (:func:`bnlib.keras.keras_device`), ``run_eagerly`` and ``jit_compile``.
+
+    Raises:
+        TrainingDivergedError: a step's loss was NaN or infinite (see above).
+        ValueError, TypeError: malformed data (NaN or infinite images included) or settings, said how.
 
     Example:
         >>> import bnlib, bnlib.keras
@@ -159,16 +205,22 @@ def fit(
         >>> h.epochs, len(h.batch_loss), h.meta["framework"]
         (1, 2, 'keras')
     """
-    _, keras = require_keras()
-    from bnlib.config import seed_everything
-
+    keras = import_keras()
     x, y = _check_data("train", train)
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate >= 0:
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not 0 <= learning_rate < math.inf
+    ):
         raise ValueError(
-            f"learning_rate must be a number >= 0, got {learning_rate!r}; the sources use Adam's default 1e-3"
+            f"learning_rate must be a finite number >= 0, got {learning_rate!r}; the sources use Adam's default 1e-3"
         )
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(f"jit_compile must be True, False or 'auto' (Keras's default), got {jit_compile!r}")
+    if jit_compile is True and run_eagerly:
+        raise ValueError("jit_compile=True compiles the training step, run_eagerly=True forbids it: choose one")
     if val is not None and validation_split is not None:
         raise ValueError("pass either val=(images, labels) or validation_split=fraction, not both")
     if validation_split is not None:
@@ -177,7 +229,7 @@ def fit(
         x, y = x[:split_at], y[:split_at]
     if val is not None:
         val = _check_data("val", val)
-    seed_everything(seed)
+    seed_keras(seed)
     if not isinstance(model, keras.Model):
         if not callable(model):
             raise TypeError(f"model must be a keras.Model or a function that builds one, got {type(model).__name__}")
@@ -187,9 +239,10 @@ def fit(
         model = built
     steps = epochs * math.ceil(len(x) / batch_size)
     if run_eagerly is None:
-        run_eagerly = steps < EAGER_BELOW_STEPS
+        run_eagerly = steps < EAGER_BELOW_STEPS and jit_compile is not True
     model.compile(
         run_eagerly=bool(run_eagerly),
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -198,15 +251,26 @@ def fit(
     history.meta.update(
         {
             "framework": "keras",
+            "backend": str(keras.backend.backend()),
             "model": model.name,
             "seed": int(seed),
             "batch_size": batch_size,
-            "device": tensorflow_device(),
+            "learning_rate": float(learning_rate),
+            "device": keras_device(),
             "run_eagerly": bool(run_eagerly),
+            "jit_compile": bool(model.jit_compile),
         }
     )
     history.meta.update(meta or {})
-    recorder = _recorder(keras, history, n_train=len(x), batch_size=batch_size, epochs=epochs, progress=progress)
+    recorder = _recorder(
+        keras,
+        history,
+        n_train=len(x),
+        batch_size=batch_size,
+        epochs=epochs,
+        learning_rate=float(learning_rate),
+        progress=progress,
+    )
     try:
         model.fit(
             x,
@@ -224,15 +288,27 @@ def fit(
 
 
 def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
-    """A Keras callback that fills a History (defined here because keras is imported only inside fit)."""
+    """A Keras callback that fills a History and stops at a non-finite loss (defined here: keras is imported late)."""
 
     class Recorder(keras.callbacks.Callback):
-        def __init__(self, history: History, *, n_train: int, batch_size: int, epochs: int, progress: bool) -> None:
+        def __init__(
+            self,
+            history: History,
+            *,
+            n_train: int,
+            batch_size: int,
+            epochs: int,
+            learning_rate: float,
+            progress: bool,
+        ) -> None:
             super().__init__()
             self.history_ = history
+            self.epochs = epochs
+            self.learning_rate = learning_rate
             steps = math.ceil(n_train / batch_size)
             self.sizes = [min(batch_size, n_train - k * batch_size) for k in range(steps)]
             self.running: list[float] = []
+            self.epoch = 0
             self.bar = None
             if progress:
                 from tqdm.auto import tqdm
@@ -241,26 +317,47 @@ def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.running = []
+            self.epoch = epoch
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.running.append(float(logs["loss"]))
+            mean = float(logs["loss"])  # the epoch's running mean: non-finite from the first non-finite batch on
+            self.running.append(mean)
+            if not math.isfinite(mean):
+                self.diverged()
+
+        def diverged(self) -> None:
+            sizes = self.sizes[: len(self.running)]
+            with np.errstate(invalid="ignore", over="ignore"):
+                losses = batch_losses_from_running_means(self.running, sizes).tolist()
+            loss = losses[-1] if not math.isfinite(losses[-1]) else self.running[-1]
+            step, steps, history = len(self.running), len(self.sizes), self.history_
+            error = TrainingDivergedError(
+                f"training diverged: the loss is {loss} at epoch {self.epoch + 1} of {self.epochs}, "
+                f"step {step} of {steps} (step {len(history.batch_loss) + step} of the run), "
+                f"learning rate {self.learning_rate:g}. Training stopped; the History of the {history.epochs} "
+                "finished epoch(s) is this error's .history. Lower the learning rate, or check the model's "
+                "output for NaN or inf."
+            )
+            error.history, error.epoch, error.step, error.loss = history, self.epoch + 1, step, loss
+            error.learning_rates, error.epoch_batch_loss = [self.learning_rate], losses
+            raise error
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs = logs or {}
             sizes = self.sizes[: len(self.running)]
             self.history_.batch_loss.extend(batch_losses_from_running_means(self.running, sizes).tolist())
             self.history_.add_epoch(
-                train_loss=logs["loss"],
-                train_accuracy=logs["accuracy"],
-                val_loss=logs.get("val_loss", float("nan")),
-                val_accuracy=logs.get("val_accuracy", float("nan")),
+                train_loss=float(logs["loss"]),
+                train_accuracy=float(logs["accuracy"]),
+                val_loss=float(logs.get("val_loss", float("nan"))),
+                val_accuracy=float(logs.get("val_accuracy", float("nan"))),
                 seconds=time.perf_counter() - self.start,
             )
             if self.bar is not None:
                 self.bar.update(1)
                 shown = {"loss": logs["loss"], "val_accuracy": logs.get("val_accuracy")}
-                self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+                self.bar.set_postfix({k: f"{float(v):.3f}" for k, v in shown.items() if v is not None})
 
         def close(self) -> None:
             if self.bar is not None:
@@ -279,7 +376,7 @@ def evaluate(model: Any, data: tuple[Any, Any], *, batch_size: int = 250) -> dic
     The loss is the mean sparse categorical cross-entropy with the
     probabilities clipped to [1e-7, 1], as Keras computes it.
     """
-    require_keras()
+    import_keras()
     x, y = _check_data("data", data)
     batch_size = _positive_int("batch_size", batch_size)
     probabilities = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)

@@ -30,13 +30,20 @@ The first dense layer is where the flatten order bites: PyTorch flattens the
 channel-last, so the 400 input columns of that layer are permuted
 (:func:`dense_kernel_to_keras`).
 
-TensorFlow is imported only inside the functions that need it; without it
-they raise an ImportError that says ``pip install "bnlib[keras]"``.
+Keras is imported only inside the functions that need it, on any backend
+(:func:`bnlib.keras.import_keras`); without Keras they raise an ImportError
+that says ``pip install "bnlib[keras]"``. The Keras twin itself,
+:func:`keras_lenet5`, lives with the other builders in ``bnlib.keras`` and is
+re-exported here.
+
+PyTorch's ``momentum=None`` (a cumulative average) has no Keras equivalent:
+porting such a model raises a ValueError, as every bnlib.keras converter does
+(:func:`bnlib.keras.keras_momentum_from_torch`); set the layers' momentum to
+a number first (it changes further training, never the predictions).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnlib.keras._backend import require_keras
+from bnlib.keras._backend import import_keras
+from bnlib.keras._hyperparameters import keras_momentum_from_torch
+from bnlib.keras._models import _LENET_ACTIVATIONS, keras_lenet5
 
 __all__ = [
     "keras_lenet5",
@@ -56,12 +65,7 @@ __all__ = [
     "dense_kernel_to_torch",
 ]
 
-logger = logging.getLogger(__name__)
-
-
 _TORCH_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
-_KERAS_ACTIVATIONS = ("tanh", "relu", "sigmoid")
-_POOLS = {"avg": "AveragePooling2D", "max": "MaxPooling2D"}
 
 
 # --- layouts: pure NumPy, no framework needed ----------------------------------------------------
@@ -146,95 +150,6 @@ def _check_chw(chw: Any, inputs: int) -> tuple[int, int, int]:
     return c, h, w
 
 
-# --- the Keras LeNet-5 ---------------------------------------------------------------------------
-
-
-def keras_lenet5(
-    batch_norm: bool = True,
-    *,
-    activation: str = "tanh",
-    pool: str = "avg",
-    norm_position: str = "after",
-    softmax_output: bool = False,
-    momentum: float = 0.9,
-    epsilon: float = 1e-5,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    seed: int | None = None,
-) -> Any:
-    """The Keras twin of :class:`bnlib.models.LeNet5`, layer for layer, on NHWC images.
-
-    ``Conv2D(6, 5) -> act -> [BN] -> pool 2 -> Conv2D(16, 5) -> act -> [BN] -> pool 2
-    -> Flatten -> Dense(120) -> act -> Dense(84) -> act -> Dense(num_classes) [-> softmax]``;
-    with ``norm_position="before"`` each BN sits between its convolution and the
-    activation, as in Ioffe and Szegedy (2015). The BN defaults are PyTorch's
-    (``momentum=0.9`` is PyTorch's 0.1, ``epsilon=1e-5``) so that a model built
-    here and one built in PyTorch behave alike; layers are named ``conv1``,
-    ``bn1``, ``act1``, ``pool1``, ..., ``fc3``.
-
-    Args:
-        batch_norm: include the two ``BatchNormalization`` layers.
-        activation: ``"tanh"`` (as the source), ``"relu"`` or ``"sigmoid"``.
-        pool: ``"avg"`` or ``"max"``.
-        norm_position: ``"after"`` the activation (as the source) or ``"before"`` it.
-        softmax_output: end with a softmax (outputs probabilities instead of logits).
-        momentum: Keras's ``BatchNormalization`` momentum (the weight of the old average).
-        epsilon: added to the variance before the square root.
-        in_channels: image channels.
-        num_classes: outputs of the last layer.
-        seed: seeds the initial weights through :func:`bnlib.seed_everything`.
-
-    Shape:
-        input ``(N, 32, 32, in_channels)``; output ``(N, num_classes)``.
-
-    Example:
-        >>> model = keras_lenet5(norm_position="before")
-        >>> [layer.name for layer in model.layers][:4]
-        ['conv1', 'bn1', 'act1', 'pool1']
-        >>> model.count_params()  # PyTorch's 61,706 + 4 numbers per BN channel (gamma, beta, mean, variance)
-        61794
-    """
-    if not isinstance(batch_norm, bool):
-        raise TypeError(f"batch_norm must be True or False, got {type(batch_norm).__name__} {batch_norm!r}")
-    if activation not in _KERAS_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_KERAS_ACTIVATIONS}, got {activation!r}")
-    if pool not in _POOLS:
-        raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-    if norm_position not in ("after", "before"):
-        raise ValueError(f"norm_position must be 'after' or 'before' the activation, got {norm_position!r}")
-    _, keras = require_keras()
-    if seed is not None:
-        from bnlib.config import seed_everything
-
-        seed_everything(seed)
-    layers = keras.layers
-    Pool = getattr(layers, _POOLS[pool])
-
-    def block(index: int, filters: int) -> list[Any]:
-        conv = layers.Conv2D(filters, 5, name=f"conv{index}")
-        act = layers.Activation(activation, name=f"act{index}")
-        if not batch_norm:
-            return [conv, act]
-        bn = layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"bn{index}")
-        return [conv, act, bn] if norm_position == "after" else [conv, bn, act]
-
-    stack = [
-        keras.Input(shape=(32, 32, in_channels)),
-        *block(1, 6),
-        Pool(2, name="pool1"),
-        *block(2, 16),
-        Pool(2, name="pool2"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(120, name="fc1"),
-        layers.Activation(activation, name="act3"),
-        layers.Dense(84, name="fc2"),
-        layers.Activation(activation, name="act4"),
-        layers.Dense(num_classes, name="fc3"),
-        *([layers.Softmax(name="softmax")] if softmax_output else []),
-    ]
-    return keras.Sequential(stack, name="lenet5" + ("_bn_" + norm_position if batch_norm else ""))
-
-
 # --- reading a model's layout --------------------------------------------------------------------
 
 
@@ -293,7 +208,7 @@ def _torch_layout(model: nn.Module) -> tuple[list[str], list[nn.Module]]:
 
 def _keras_layout(model: Any) -> tuple[list[str], list[Any]]:
     """The same kinds for a Keras model (fused activations count as a separate ``act:`` entry)."""
-    _, keras = require_keras()
+    keras = import_keras()
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
     L = keras.layers
@@ -351,7 +266,7 @@ def _settings_from_kinds(kinds: list[str], where: str) -> dict[str, Any]:
         "softmax_output": kinds[-1] == "softmax",
     }
     expected = _expected_kinds(**settings)
-    if kinds != expected or activation not in _KERAS_ACTIVATIONS:
+    if kinds != expected or activation not in _LENET_ACTIVATIONS:
         raise ValueError(
             f"{where} is not a LeNet-5 this function can port: its layers are {kinds}, expected {expected}"
         )
@@ -399,8 +314,9 @@ def torch_to_keras_lenet5(model: nn.Module) -> Any:
 
     Raises:
         TypeError: ``model`` is not a ``bnlib.models.LeNet5``.
-        ValueError: it contains a layer Keras's twin does not have (another norm, another pooling, ...).
-        ImportError: TensorFlow is missing: ``pip install "bnlib[keras]"``.
+        ValueError: it contains a layer Keras's twin does not have (another norm, another pooling, ...),
+            or its batch norms use ``momentum=None`` (no Keras equivalent: set a number first).
+        ImportError: Keras is missing: ``pip install "bnlib[keras]"``.
 
     Example:
         >>> from bnlib.models import LeNet5
@@ -418,12 +334,7 @@ def torch_to_keras_lenet5(model: nn.Module) -> Any:
             f"the batch norms differ in eps {sorted(eps)} or momentum {sorted(map(str, momenta))}; "
             "keras_lenet5 uses one of each"
         )
-    momentum = momenta.pop()
-    if momentum is None:
-        logger.warning("momentum=None (cumulative average) has no Keras equivalent; the Keras copy uses momentum 0.99")
-        keras_momentum = 0.99
-    else:
-        keras_momentum = round(1.0 - float(momentum), 12)
+    keras_momentum = keras_momentum_from_torch(momenta.pop())  # momentum=None: ValueError, see its docstring
     first_conv = torch_layers[0]
     keras_model = keras_lenet5(
         **settings,
@@ -472,7 +383,7 @@ def keras_to_torch_lenet5(
     Raises:
         TypeError: not a Keras model.
         ValueError: its layers are not those of a LeNet-5.
-        ImportError: TensorFlow is missing: ``pip install "bnlib[keras]"``.
+        ImportError: Keras is missing: ``pip install "bnlib[keras]"``.
 
     Example:
         >>> model = keras_to_torch_lenet5(keras_lenet5(norm_position="before", epsilon=1e-3, momentum=0.99))
