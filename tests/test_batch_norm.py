@@ -551,8 +551,15 @@ def test_compile_fullgraph_of_a_conv_batchnorm_model_matches_eager():
     if not torch._dynamo.is_dynamo_supported():
         pytest.skip("torch.compile (dynamo) is not supported on this Python/platform")
     torch.manual_seed(7)
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), BatchNorm(4, momentum=None), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
+    model = nn.Sequential(  # each layer family once: batch norm (momentum=None), renorm, ghost, group norm
+        nn.Conv2d(1, 4, 3),
+        BatchNorm(4, momentum=None),
+        BatchRenorm(4, r_max=2.0, d_max=1.0),
+        GhostBatchNorm(4, 4),
+        GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 2),
     )
     eager = copy.deepcopy(model)
     torch._dynamo.reset()
@@ -565,7 +572,9 @@ def test_compile_fullgraph_of_a_conv_batchnorm_model_matches_eager():
         y.square().sum().backward()
         y_eager.square().sum().backward()
     torch.testing.assert_close(model[0].weight.grad, eager[0].weight.grad, atol=1e-5, rtol=1e-5)
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(model[1], name), getattr(eager[1], name), msg=name)
+    buffers = dict(eager.named_buffers())
+    assert len(buffers) == 9
+    for name, value in model.named_buffers():
+        torch.testing.assert_close(value, buffers[name], msg=name)
     model.eval(), eager.eval()
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)

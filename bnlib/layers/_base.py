@@ -25,6 +25,16 @@ Conventions shared by every layer:
   as torch.nn's norms accumulate in float32 (a float16 sum of squares
   overflows at 65,504). A float16 layer keeps float16 parameters and buffers;
   its running statistics are computed in float32 and rounded when stored.
+* **NaN** (the batch-norm family): in eager mode a training batch whose
+  statistics are NaN or infinite, or whose new running statistics would
+  overflow the buffers' dtype, raises a ValueError naming the channels and
+  changes nothing. Under ``torch.func`` transforms (``vmap``, ``grad``,
+  ``functional_call`` inside them), under ``torch.compile`` and on the meta
+  device no value can be read without breaking the transform or splitting the
+  graph (:func:`bnlib.functional.values_readable`): the check is skipped and
+  NaN propagates to the output and the running statistics, exactly as in
+  ``torch.nn.BatchNorm2d``. Layer, instance and group norm never refuse NaN:
+  it spoils its own sample (or group) only, as in torch.
 * **Switching ``track_running_stats`` after construction** behaves as in
   torch: buffers that exist are used in evaluation but not updated while the
   flag is False; a layer built without buffers uses batch statistics in both
