@@ -39,6 +39,16 @@ Conventions shared by every layer:
   torch: buffers that exist are used in evaluation but not updated while the
   flag is False; a layer built without buffers uses batch statistics in both
   modes.
+
+Example:
+    >>> from bnlib.layers import BatchNorm, GroupNorm
+    >>> isinstance(BatchNorm(3), RunningStatsNorm), isinstance(GroupNorm(1, 3), RunningStatsNorm)
+    (True, False)
+    >>> layer = BatchNorm(3, momentum=None)           # the cumulative average: 1/t at step t
+    >>> for t in range(2):
+    ...     _ = layer(torch.full((4, 3), float(t)) + torch.arange(4.0)[:, None])
+    >>> layer.running_mean.tolist(), int(layer.num_batches_tracked)   # mean of 1.5 and 2.5
+    ([2.0, 2.0, 2.0], 2)
 """
 
 from __future__ import annotations
