@@ -21,7 +21,9 @@ test asserts bnlib's documented behaviour and is listed in ``docs/conformance.md
 from __future__ import annotations
 
 import copy
+import io
 import math
+import pickle
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -917,6 +919,18 @@ def test_layer_norm_general_bad_shapes():
         LayerNorm(3)(torch.empty(3))
 
 
+def test_layer_norm_single_value_departure():
+    """upstream: pytorch test/test_nn.py::TestNNDeviceType.test_GroupNorm_raises_error_if_one_value_per_group, for LayerNorm.
+
+    torch refuses a group of one value in GroupNorm but returns beta from nn.LayerNorm(1), whatever the
+    input; bnlib's LayerNorm refuses one value per sample as its GroupNorm does (departure).
+    """
+    x = torch.randn(4, 1)
+    assert_close(nn.LayerNorm(1)(x), torch.zeros(4, 1), check_dtype=False)
+    with pytest.raises(ValueError, match="more than 1 value per sample"):
+        LayerNorm(1)(x)
+
+
 def test_layer_norm_grads_with_create_graph_flag():
     """upstream: pytorch test/test_nn.py::TestNN.test_layer_norm_grads_with_create_graph_flag.
 
@@ -1226,3 +1240,139 @@ def test_float16_running_variance_overflow_departure():
         ours(x)
     assert int(ours.num_batches_tracked) == 0
     assert_close(ours.running_var, torch.ones(3, dtype=torch.float16))
+
+
+# ---------------------------------------------------------------------------------------------
+# test/test_modules.py's generic checks, run on one module_inputs case of each family
+# ---------------------------------------------------------------------------------------------
+
+
+def family_case(family: str, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+    """(bnlib module, torch module, input shape) for one common_modules.py case of each family."""
+    if family == "BatchNorm1d-3d_input":
+        ours, theirs = batch_norm_pair(nn.BatchNorm1d, (5,), dtype)
+        return ours, theirs, (4, 5, 3)
+    if family == "GroupNorm-1d_affine":
+        ours, theirs = group_norm_pair(3, 6, 1e-3, True, dtype)
+        return ours, theirs, (4, 6, 5)
+    if family == "InstanceNorm1d-affine":
+        ours, theirs = instance_norm_pair(1, dtype, affine=True)
+        return ours, theirs, (4, 3, 15)
+    ours, theirs = layer_norm_pair([5], 1e-3, True, dtype)  # LayerNorm-1d_elementwise_affine, flattened
+    return ours, theirs, (20, 5)
+
+
+FAMILIES = ["BatchNorm1d-3d_input", "GroupNorm-1d_affine", "InstanceNorm1d-affine", "LayerNorm-1d_elementwise_affine"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_modules_grad_and_gradgrad(family, training):
+    """upstream: pytorch test/test_modules.py::TestModule.test_grad and test_gradgrad (float64).
+
+    gradcheck and gradgradcheck of bnlib's module with respect to the input and every parameter.
+    """
+    ours, _, shape = family_case(family, torch.float64)
+    ours.train(training)
+    names = [name for name, _ in ours.named_parameters()]
+
+    def function(x, *params):
+        return torch.func.functional_call(ours, dict(zip(names, params, strict=True)), (x,))
+
+    inputs = (
+        make_input(shape, torch.float64, seed=0).requires_grad_(),
+        *(p.detach().clone().requires_grad_() for p in ours.parameters()),
+    )
+    assert torch.autograd.gradcheck(function, inputs)
+    assert torch.autograd.gradgradcheck(function, inputs)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_modules_non_contiguous_tensors(family, training):
+    """upstream: pytorch test/test_modules.py::TestModule.test_non_contiguous_tensors.
+
+    Input and upstream gradient made non-contiguous as upstream does (repeat_interleave(2, dim=-1)[..., ::2]):
+    the output and gradients of their contiguous copies, and torch's.
+    """
+    ours, theirs, shape = family_case(family, torch.float64)
+    ours.train(training)
+    theirs.train(training)
+
+    def non_contiguous(t: torch.Tensor) -> torch.Tensor:
+        return torch.repeat_interleave(t, 2, dim=-1)[..., ::2]
+
+    x, grad_out = make_input(shape, torch.float64, seed=0), torch.randn(shape, dtype=torch.float64)
+    assert not non_contiguous(x).is_contiguous()
+    state = copy.deepcopy(ours.state_dict())
+    y, grads = forward_backward(ours, non_contiguous(x), non_contiguous(grad_out))
+    ours.load_state_dict(state)
+    y_ref, grads_ref = forward_backward(ours, x, grad_out)
+    assert_close(y, y_ref)
+    for name, grad in grads_ref.items():
+        assert_close(grads[name], grad)
+    ours.load_state_dict(state)
+    if family.startswith("LayerNorm"):
+        return  # torch's LayerNorm([5]) is compared on the unflattened input in test_module_inputs_layer_norm
+    assert_same_step(ours, theirs, non_contiguous(x))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda **kw: BatchNorm(3, **kw), id="BatchNorm"),
+        pytest.param(lambda **kw: GroupNorm(1, 3, **kw), id="GroupNorm"),
+        pytest.param(lambda **kw: LayerNorm(3, **kw), id="LayerNorm"),
+        pytest.param(lambda **kw: InstanceNorm(3, **kw), id="InstanceNorm"),
+    ],
+)
+def test_modules_factory_kwargs(build):
+    """upstream: pytorch test/test_modules.py::TestModule.test_factory_kwargs.
+
+    ``device=`` and ``dtype=`` place every parameter and floating buffer; num_batches_tracked stays
+    a long integer, as in torch.nn.
+    """
+    for device, dtype in (("meta", torch.float64), ("cpu", torch.float64), ("cpu", torch.float32)):
+        module = build(device=device, dtype=dtype)
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            assert tensor.device.type == device, name
+            expected = torch.long if name == "num_batches_tracked" else dtype
+            assert tensor.dtype == expected, f"{name}: {tensor.dtype}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_modules_pickle(family):
+    """upstream: pytorch test/test_modules.py::TestModule.test_pickle.
+
+    A pickled and unpickled (and a deep-copied) module computes what the original does.
+    """
+    ours, _, shape = family_case(family, torch.float64)
+    ours.eval()
+    x = make_input(shape, torch.float64, seed=0)
+    assert_close(pickle.loads(pickle.dumps(ours))(x), ours(x))  # noqa: S301 (our own bytes)
+    assert_close(copy.deepcopy(ours)(x), ours(x))
+
+
+@pytest.mark.parametrize(
+    "torch_cls, args, shape", [(nn.BatchNorm2d, (3, 1e-3, 0.8), (2, 3, 6, 6))], ids=["BatchNorm2d-momentum"]
+)
+def test_batch_norm_state_dict_both_ways(torch_cls, args, shape):
+    """upstream: pytorch test/test_modules.py::TestModule.test_save_load (through state_dict, both ways).
+
+    bnlib's trained state (torch.save and torch.load in memory) loads into torch's module, and back,
+    with the same evaluation output.
+    """
+    ours, theirs = batch_norm_pair(torch_cls, args, torch.float32)
+    for step in range(2):
+        ours(make_input(shape, torch.float32, seed=step))
+    buffer = io.BytesIO()
+    torch.save(ours.state_dict(), buffer)
+    buffer.seek(0)
+    theirs.load_state_dict(torch.load(buffer, weights_only=True))
+    ours.eval()
+    theirs.eval()
+    x = make_input(shape, torch.float32, seed=5)
+    assert_close(ours(x), theirs(x), **tolerance(torch.float32))
+    fresh = BatchNorm(args[0], eps=args[1], momentum=args[2])
+    fresh.load_state_dict(theirs.state_dict())
+    assert_same_state(fresh, theirs)
