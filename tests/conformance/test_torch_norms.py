@@ -519,38 +519,98 @@ CHANNELS_LAST_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("torch_cls, shape, memory_format", CHANNELS_LAST_SHAPES)
-def test_batchnorm_nhwc_cpu(torch_cls, shape, memory_format, dtype):
-    """upstream: pytorch test/test_nn.py::TestNNDeviceType.test_batchnorm_nhwc_cpu (float, double).
+#: (module dtype, input dtype, tolerance against torch): upstream's float, bfloat16 and float16, each reduced
+#: precision also "mixed" (float32 module, reduced-precision input, as under torch.autocast); plus float64.
+NHWC_DTYPES = [
+    pytest.param(torch.float32, torch.float32, tolerance(torch.float32), id="float"),
+    pytest.param(torch.float64, torch.float64, tolerance(torch.float64), id="double"),
+    pytest.param(torch.bfloat16, torch.bfloat16, {"atol": 0.1, "rtol": 0.05}, id="bfloat16"),
+    pytest.param(torch.float32, torch.bfloat16, {"atol": 0.1, "rtol": 0.05}, id="bfloat16-mixed"),
+    pytest.param(torch.float16, torch.float16, {"atol": 2e-2, "rtol": 1e-2}, id="float16"),
+    pytest.param(torch.float32, torch.float16, {"atol": 2e-2, "rtol": 1e-2}, id="float16-mixed"),
+]
 
-    A channels_last input gives torch's output and gradients, and the output keeps the memory format.
+
+@pytest.mark.parametrize("module_dtype, input_dtype, tol", NHWC_DTYPES)
+@pytest.mark.parametrize("torch_cls, shape, memory_format", CHANNELS_LAST_SHAPES)
+def test_batchnorm_nhwc_cpu(torch_cls, shape, memory_format, module_dtype, input_dtype, tol):
+    """upstream: pytorch test/test_nn.py::TestNN.test_batchnorm_nhwc_cpu (its shapes, dtypes and mixed_dtype).
+
+    Upstream checks that a channels_last input gives a channels_last output equal to the contiguous
+    input's, with the same weight, bias and input gradients. bnlib is held to that among its own
+    outputs (tightly), and to torch's (within the dtype's precision).
     """
-    ours, theirs = batch_norm_pair(torch_cls, (shape[1],), dtype)
-    x = make_input(shape, dtype, seed=0).contiguous(memory_format=memory_format)
-    grad_out = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
-    y_theirs, grads_theirs = forward_backward(theirs, x, grad_out)
-    y_ours, grads_ours = forward_backward(ours, x, grad_out)
+    ours, theirs = batch_norm_pair(torch_cls, (shape[1],), module_dtype)
+    reference = copy.deepcopy(ours)
+    x = make_input(shape, torch.float32, seed=0).to(input_dtype)
+    grad_out = torch.randn(shape).to(input_dtype)
+    channels_last = (x.contiguous(memory_format=memory_format), grad_out.contiguous(memory_format=memory_format))
+    y_ours, grads_ours = forward_backward(ours, *channels_last)
+    y_ref, grads_ref = forward_backward(reference, x, grad_out)
+    y_theirs, grads_theirs = forward_backward(theirs, *channels_last)
     assert y_theirs.is_contiguous(memory_format=memory_format)
     assert y_ours.is_contiguous(memory_format=memory_format), "bnlib's output lost the channels_last format"
-    assert_close(y_ours, y_theirs, **tolerance(dtype))
+    assert y_ours.dtype == y_theirs.dtype == input_dtype
+    assert_close(y_ours, y_ref)
+    for name, grad in grads_ref.items():
+        assert_close(grads_ours[name], grad, msg=lambda m, name=name: f"gradient of {name}: {m}")
+    assert_close(y_ours.float(), y_theirs.float(), **tol)
     for name, grad in grads_theirs.items():
-        assert_close(grads_ours[name], grad, **tolerance(dtype))
-    assert_same_state(ours, theirs)
+        assert_close(grads_ours[name].float(), grad.float(), **tol, msg=lambda m, name=name: f"{name}: {m}")
+    for name in ("running_mean", "running_var"):
+        assert_close(getattr(ours, name).float(), getattr(theirs, name).float(), **tol)
 
 
-def test_batchnorm_non_contig_cpu():
-    """upstream: pytorch test/test_nn.py::TestNNDeviceType.test_batchnorm_non_contig_cpu.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_batchnorm_non_contig_cpu(dtype):
+    """upstream: pytorch test/test_nn.py::TestNN.test_batchnorm_non_contig_cpu (BatchNorm2d).
 
-    A permuted (non-contiguous) input in evaluation gives the output of its contiguous copy.
+    A permuted input (1, 2, 3, 1) in evaluation: the output is channels_last, as torch's, and equals
+    the contiguous copy's. Then a float32 module given a reduced-precision permuted input: within
+    0.05 of the float32 result.
     """
-    x = torch.arange(6, dtype=torch.float32).reshape(1, 3, 2, 1).permute(0, 2, 1, 3)  # (1, 2, 3, 1)
+    x = torch.arange(6, dtype=torch.float32).reshape(1, 3, 2, 1).permute(0, 2, 1, 3)
     ours, theirs = batch_norm_pair(nn.BatchNorm2d, (2,), torch.float32)
     ours.eval()
     theirs.eval()
     assert not x.is_contiguous()
+    assert theirs(x).is_contiguous(memory_format=torch.channels_last)
+    assert ours(x).is_contiguous(memory_format=torch.channels_last)
     assert_close(ours(x), ours(x.contiguous()))
     assert_close(ours(x), theirs(x))
+    low = torch.arange(24, dtype=dtype).reshape(1, 3, 2, 4).permute(0, 2, 1, 3)
+    mixed = BatchNorm(2).eval()
+    assert_close(mixed(low).float(), copy.deepcopy(mixed)(low.float()), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "module_dtype, shape, memory_format",
+    [
+        pytest.param(torch.float16, (4, 80, 20, 20), torch.contiguous_format, id="half-2d"),
+        pytest.param(torch.float16, (4, 80, 20, 20), torch.channels_last, id="half-2d-channels_last"),
+        pytest.param(torch.float16, (4, 80, 4, 10, 10), torch.channels_last_3d, id="half-3d-channels_last"),
+        pytest.param(torch.float32, (16, 3, 32, 32), torch.channels_last, id="float-module-half-input"),
+    ],
+)
+def test_batchnorm_half_overflow(module_dtype, shape, memory_format):
+    """upstream: pytorch test/test_nn.py::TestNN.test_batchnorm_half_overflow (smaller shapes).
+
+    A float16 input (and a float16 or float32 module): no inf or NaN in the output or the input
+    gradient, and the output of a float32 module on the same values.
+    """
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).half().contiguous(memory_format=memory_format)
+    torch_cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm3d
+    ours = BatchNorm(shape[1], dtype=module_dtype)
+    reference = torch_cls(shape[1]).float()
+    y_ref = reference(x.float())
+    grad_out = torch.rand(shape).half().contiguous(memory_format=memory_format)
+    y, grads = forward_backward(ours, x, grad_out)
+    assert torch.isfinite(y).all()
+    assert_close(y.float(), y_ref, atol=2e-2, rtol=1e-2)
+    if module_dtype != torch.float16:  # upstream checks the input gradient only for a float32 module
+        assert torch.isfinite(grads["input"]).all()
+        reference_grads = forward_backward(reference, x.float(), grad_out.float())[1]
+        assert_close(grads["input"].float(), reference_grads["input"], atol=2e-2, rtol=1e-2)
 
 
 def test_batchnorm_nan_input_departure():
