@@ -1234,6 +1234,77 @@ def test_eps_inf_refused_like_batch_norm(build):
 
 
 # ---------------------------------------------------------------------------------------------
+# Reduced precision: test/test_nn.py's _test_LayerNorm_cpu_mixed_dtype and _test_GroupNorm_cpu_mixed_dtype
+# ---------------------------------------------------------------------------------------------
+
+LOW_PRECISION = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+def test_layer_norm_cpu_mixed_dtype(dtype, affine):
+    """upstream: pytorch test/test_nn.py::TestNNDeviceType.test_LayerNorm_general (_test_LayerNorm_cpu_mixed_dtype).
+
+    Input (2, 3, 11, 3) of integers 1 to 9 in ``dtype``, normalized over (11, 3): a ``dtype`` module and
+    a float32 module given the ``dtype`` input both give the float32 result rounded to ``dtype`` (and
+    torch's), with input gradients within 0.1.
+    """
+    x = torch.randint(1, 10, (2, 3, 11, 3), generator=torch.Generator().manual_seed(0)).to(dtype).reshape(6, 33)
+    full = LayerNorm(33, affine=affine)
+    low, mixed = copy.deepcopy(full).to(dtype), copy.deepcopy(full)
+    grad_out = torch.ones(6, 33)
+    out_full, grads_full = forward_backward(full, x.float(), grad_out)
+    for module in (low, mixed):
+        out, grads = forward_backward(module, x, grad_out.to(dtype))
+        assert out.dtype == dtype
+        assert_close(out, out_full.to(dtype))
+        assert_close(grads["input"], grads_full["input"].to(dtype), atol=0.1, rtol=0.1)
+    theirs = nn.LayerNorm([11, 3], elementwise_affine=affine)
+    assert_close(mixed(x), theirs(x.reshape(2, 3, 11, 3)).reshape(6, 33))
+
+
+GROUP_NORM_MIXED = [
+    pytest.param((1, 8, 4, 3), 2, id="1-8-4-3-g2"),
+    pytest.param((1, 8, 3, 4), 4, id="1-8-3-4-g4"),
+    pytest.param((1, 9, 3, 4, 5), 3, id="1-9-3-4-5-g3"),
+    pytest.param((1, 3, 20, 20), 1, id="1-3-20-20-g1"),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("shape, groups", GROUP_NORM_MIXED)
+def test_group_norm_cpu_mixed_dtype(shape, groups, dtype, channels_last):
+    """upstream: pytorch test/test_nn.py::TestNNDeviceType.test_GroupNorm_general (_test_GroupNorm_cpu_mixed_dtype, smaller shapes).
+
+    A ``dtype`` module, a float32 module given ``dtype`` input, and a float32 module given float32 input
+    agree within upstream's tolerances (outputs 5e-3; float32 weight and bias gradients 1e-4 and 1e-5).
+    """
+    memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=memory_format)
+    grad_out = torch.randn(shape, generator=generator).to(dtype)
+    module_low = GroupNorm(groups, shape[1], dtype=dtype)
+    module_mixed = GroupNorm(groups, shape[1])
+    module_full = copy.deepcopy(module_mixed)
+    out_low, grads_low = forward_backward(module_low, x, grad_out)
+    out_mixed, grads_mixed = forward_backward(module_mixed, x, grad_out)
+    out_full, grads_full = forward_backward(module_full, x.float(), grad_out.float())
+    assert_close(out_low, out_mixed, atol=5e-3, rtol=5e-3)
+    assert_close(out_mixed.float(), out_full, atol=5e-3, rtol=5e-3)
+    assert_close(grads_mixed["weight"], grads_full["weight"], atol=1e-4, rtol=1e-4)
+    assert_close(grads_mixed["bias"], grads_full["bias"], atol=1e-5, rtol=1e-5)
+    assert_close(grads_mixed["input"].float(), grads_full["input"], atol=5e-5, rtol=5e-3)
+    low_tol = {"atol": 1e-2, "rtol": 1.2e-1} if dtype == torch.bfloat16 else {"atol": 5e-3, "rtol": 1.5e-2}
+    assert_close(grads_low["weight"], grads_mixed["weight"].to(dtype), **low_tol)
+    assert_close(grads_low["input"], grads_mixed["input"], **low_tol)
+    theirs = nn.GroupNorm(groups, shape[1])
+    assert_close(out_mixed.float(), theirs(x).float(), atol=5e-3, rtol=5e-3)
+
+
+# ---------------------------------------------------------------------------------------------
 # float16 modules (issue 14, item 2: statistics accumulate in float32, as torch.nn's do)
 # ---------------------------------------------------------------------------------------------
 
