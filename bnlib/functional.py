@@ -536,16 +536,13 @@ def check_finite_statistics(
 
     if not values_readable(mean):
         return
+    checked = (mean, var) if running is None else (mean, var, running[0], running[1])
+    if bool(torch.isfinite(torch.cat([t.reshape(-1) for t in checked])).all()):  # the usual case: 4 small ops
+        return
     bad = ~(torch.isfinite(mean) & torch.isfinite(var))
     if bad.ndim > 1:  # (k, C), or (1, C, 1, 1) with kept dims: one flag per channel
         bad = bad.reshape(bad.shape[0], -1).any(0)
-    overflow = None
-    if running is not None:
-        overflow = ~(torch.isfinite(running[0]) & torch.isfinite(running[1])).reshape(-1)
-        if not bool(bad.any() | overflow.any()):
-            return
-    elif not bool(bad.any()):
-        return
+    overflow = None if running is None else ~(torch.isfinite(running[0]) & torch.isfinite(running[1])).reshape(-1)
 
     def listed(flags: torch.Tensor) -> list:
         channels = torch.nonzero(flags.reshape(-1)).reshape(-1).tolist()

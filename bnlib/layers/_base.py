@@ -156,8 +156,9 @@ class NormBase(nn.Module):
 
     def _state_dtype(self) -> torch.dtype | None:
         """The dtype of the layer's floating-point parameters and buffers (None when it has none)."""
-        for tensor in (*self.parameters(recurse=False), *self.buffers(recurse=False)):
-            if tensor.is_floating_point():
+        for name in ("weight", "running_mean"):  # every layer's floating state: gamma, else the running mean
+            tensor = getattr(self, name, None)
+            if tensor is not None:
                 return tensor.dtype
         return None
 
