@@ -645,3 +645,20 @@ def test_fit_refuses_an_infinite_learning_rate_and_a_bad_jit_compile(tiny):
         bk.fit(bk.model_c_conv, train, epochs=1, batch_size=8, seed=0, jit_compile="yes")
     with pytest.raises(ValueError, match="choose one"):
         bk.fit(bk.model_c_conv, train, epochs=1, batch_size=8, seed=0, jit_compile=True, run_eagerly=True)
+
+
+def test_moving_mean_trajectory_follows_keras_update_rule():
+    keras = bk.import_keras()
+    stream = np.random.default_rng(0).normal(5.0, 2.0, size=(20, 8, 3)).astype(np.float32)
+    got = bk.moving_mean_trajectory(keras.layers.BatchNormalization(momentum=0.9), stream, feature=1)
+    expected, moving = [], 0.0
+    for batch in stream:
+        moving = 0.9 * moving + 0.1 * batch[:, 1].mean()
+        expected.append(moving)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="feature must be an integer in \\[0, 3\\)"):
+        bk.moving_mean_trajectory(keras.layers.BatchNormalization(), stream, feature=3)
+    with pytest.raises(ValueError, match="non-empty array"):
+        bk.moving_mean_trajectory(keras.layers.BatchNormalization(), stream[0])
+    with pytest.raises(TypeError, match="BatchNormalization"):
+        bk.moving_mean_trajectory(keras.layers.Dense(3), stream)

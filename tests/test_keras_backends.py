@@ -102,6 +102,8 @@ WORKER = textwrap.dedent(
                   if type(layer).__name__ == "BatchNormalization" for w in (layer.moving_mean, layer.moving_variance)]
         for i, m in enumerate(moving):
             results[f"{key}/moving{i}"] = m
+    stream = np.random.default_rng(1).normal(5.0, 2.0, size=(50, 16, 3)).astype(np.float32)
+    results["trajectory/moving"] = bk.moving_mean_trajectory(keras.layers.BatchNormalization(), stream, feature=2)
     if first:
         np.savez(weights_file, **weights)
     np.savez(os.path.join(folder, f"outputs_{backend}.npz"), **results)
@@ -151,7 +153,7 @@ def test_torch_backend_gives_tensorflows_outputs_for_the_same_weights(runs):
     tf_out, torch_out = outputs["tensorflow"], outputs["torch"]
     assert set(tf_out) == set(torch_out)
     models = {key.split("/")[0] for key in tf_out}
-    assert len(models) == 15  # 5 architectures x (no BN, BN after, BN before)
+    assert len(models) == 16  # 5 architectures x (no BN, BN after, BN before), and moving_mean_trajectory
     worst = {}
     for key in sorted(tf_out):
         a, b = tf_out[key], torch_out[key]

@@ -55,6 +55,7 @@ from bnlib.keras._hyperparameters import (
     torch_momentum_from_keras,
     unbiased_variance,
 )
+from bnlib.keras._layers import moving_mean_trajectory
 from bnlib.keras._models import (
     MODEL_BUILDERS,
     MODEL_C_CONV_AS_WRITTEN,
@@ -105,6 +106,7 @@ __all__ = [
     "keras_lenet5",
     "parameter_counts",
     "layer_table",
+    "moving_mean_trajectory",
     "fit",
     "evaluate",
     "validation_split_sizes",
