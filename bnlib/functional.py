@@ -744,7 +744,17 @@ def _moment_norm(
     compute = out.dtype
     weight = None if weight is None else weight.to(compute)
     bias = None if bias is None else bias.to(compute)
-    return affine(out, weight, bias).to(x.dtype)
+    return _memory_format_of(x, affine(out, weight, bias).to(x.dtype))
+
+
+def _memory_format_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` laid out in memory as ``x`` (channels_last in, channels_last out, as torch.nn's norms)."""
+    import torch
+
+    for ndim, memory_format in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.ndim == ndim and not x.is_contiguous() and x.is_contiguous(memory_format=memory_format):
+            return out.contiguous(memory_format=memory_format)
+    return out
 
 
 def layer_norm(

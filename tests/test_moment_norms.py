@@ -300,3 +300,18 @@ def test_nan_stays_in_its_own_group_as_in_torch():
         expected = torch.zeros_like(x, dtype=torch.bool)
         expected[spoiled] = True
         assert torch.equal(torch.isnan(y), expected) and torch.equal(torch.isnan(y_torch), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 4), (2, 6, 3, 4, 2)])
+def test_channels_last_input_gives_channels_last_output_as_torch(shape):
+    memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(*shape).to(memory_format=memory_format)
+    for ours, theirs in [
+        (GroupNorm(3, 6), nn.GroupNorm(3, 6)),
+        (LayerNorm(6), nn.GroupNorm(1, 6)),
+        (InstanceNorm(6), (nn.InstanceNorm2d if len(shape) == 4 else nn.InstanceNorm3d)(6, affine=True)),
+    ]:
+        y, y_torch = ours(x), theirs(x)
+        assert y.is_contiguous(memory_format=memory_format), type(ours).__name__
+        torch.testing.assert_close(y, y_torch, atol=1e-5, rtol=1e-4)
+    assert GroupNorm(3, 6)(x.contiguous()).is_contiguous()  # a contiguous input stays contiguous

@@ -585,3 +585,13 @@ def test_numpy_scalars_are_accepted_and_strings_refused_everywhere():
             bad()
     with pytest.raises(ValueError, match=r"NoisyBatchNorm\(3\) expected 3 channels at dim 1"):
         NoisyBatchNorm(3)(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_renorm_and_ghost_keep_channels_last(training):
+    x = torch.randn(8, 3, 4, 5).to(memory_format=torch.channels_last)
+    for layer in (BatchRenorm(3, r_max=2.0, d_max=1.0), GhostBatchNorm(3, 3)):
+        twin = copy.deepcopy(layer).train(training)
+        y = layer.train(training)(x)
+        assert y.is_contiguous(memory_format=torch.channels_last), type(layer).__name__
+        torch.testing.assert_close(y, twin(x.contiguous()))

@@ -134,4 +134,4 @@ class GhostBatchNorm(RunningStatsNorm):
         else:
             functional.check_finite_statistics(means, variances, self._name())
         out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return functional.affine(out, weight, bias).to(x.dtype)
+        return functional._memory_format_of(x, functional.affine(out, weight, bias).to(x.dtype))
