@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnlib import _checks
 from bnlib.layers.batch_norm import BatchNorm
 from bnlib.layers.moment_norms import GroupNorm, InstanceNorm, LayerNorm
 
@@ -73,8 +74,8 @@ def default_num_groups(num_channels: int, max_groups: int = 4) -> int:
         >>> default_num_groups(6), default_num_groups(16), default_num_groups(7)
         (3, 4, 1)
     """
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"num_channels must be a positive integer, got {num_channels!r}")
+    num_channels = _checks.positive_int(num_channels, "num_channels", hint="C, the channel count")
+    max_groups = _checks.positive_int(max_groups, "max_groups", hint="the most groups to use, e.g. 4")
     return max(g for g in range(1, min(max_groups, num_channels) + 1) if num_channels % g == 0)
 
 
@@ -145,6 +146,7 @@ def make_norm(kind: str, num_features: int, **kwargs: Any) -> nn.Module:
     """
     if not isinstance(kind, str):
         raise TypeError(f"kind must be a string such as 'batch', got {type(kind).__name__} {kind!r}")
+    num_features = _checks.positive_int(num_features, "num_features", hint="the channel count C at dim 1")
     builder = _REGISTRY.get(kind)
     if builder is None:
         raise ValueError(f"unknown normalization kind {kind!r}; known kinds: {', '.join(known_norms())}")
