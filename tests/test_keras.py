@@ -662,3 +662,42 @@ def test_moving_mean_trajectory_follows_keras_update_rule():
         bk.moving_mean_trajectory(keras.layers.BatchNormalization(), stream[0])
     with pytest.raises(TypeError, match="BatchNormalization"):
         bk.moving_mean_trajectory(keras.layers.Dense(3), stream)
+
+
+def ctrl_c_at(step: int):
+    """A model whose layer presses Ctrl-C (sends SIGINT to this process) during training step ``step``."""
+    import os
+    import signal
+
+    keras = bk.import_keras()
+
+    class CtrlC(keras.layers.Layer):
+        calls = 0
+
+        def call(self, inputs, training=False):
+            if training:
+                type(self).calls += 1
+                if type(self).calls == step:
+                    os.kill(os.getpid(), signal.SIGINT)
+            return inputs
+
+    def build():
+        model = bk.model_c_conv(batch_norm=False)
+        return keras.Sequential([keras.Input((28, 28, 1)), CtrlC(), *model.layers], name="ctrl_c")
+
+    return build
+
+
+def test_ctrl_c_stops_fit_after_the_step_and_keeps_the_history(tiny):
+    import signal
+
+    train, _ = tiny  # 4 steps per epoch; Ctrl-C during step 6 = epoch 2, step 2, which still completes
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(bk.TrainingInterrupted, match="in epoch 2 after 2 step") as caught:
+        bk.fit(ctrl_c_at(6), train, epochs=3, batch_size=16, seed=0, progress=False, run_eagerly=True)
+    assert bk.TrainingInterrupted is bnlib.training.TrainingInterrupted
+    assert isinstance(caught.value, KeyboardInterrupt)
+    error = caught.value
+    assert (error.epoch, error.steps, len(error.epoch_batch_loss)) == (2, 2, 2)
+    assert error.history.epochs == 1 and len(error.history.batch_loss) == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

@@ -71,6 +71,7 @@ from bnlib.keras._models import (
 from bnlib.keras._training import (
     EAGER_BELOW_STEPS,
     TrainingDivergedError,
+    TrainingInterrupted,
     batch_losses_from_running_means,
     evaluate,
     fit,
@@ -113,6 +114,7 @@ __all__ = [
     "batch_losses_from_running_means",
     "EAGER_BELOW_STEPS",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     # bnlib.keras.porting, loaded on first use (it imports torch)
     "torch_to_keras_lenet5",
     "keras_to_torch_lenet5",

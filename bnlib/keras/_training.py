@@ -17,7 +17,11 @@ import numpy as np
 
 from bnlib.history import History
 from bnlib.keras._backend import import_keras, keras_device, seed_keras
-from bnlib.training import TrainingDivergedError  # the PyTorch trainer's error, shared (no TensorFlow involved)
+from bnlib.training import (  # the PyTorch trainer's errors and Ctrl-C guard, shared (no TensorFlow involved)
+    TrainingDivergedError,
+    TrainingInterrupted,
+    _DeferredInterrupt,
+)
 
 __all__ = [
     "fit",
@@ -25,6 +29,7 @@ __all__ = [
     "validation_split_sizes",
     "batch_losses_from_running_means",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "EAGER_BELOW_STEPS",
 ]
 
@@ -165,6 +170,9 @@ def fit(
     holds the History of the epochs that finished (``epoch``, ``step``,
     ``loss``, ``learning_rates`` and the diverged epoch's ``epoch_batch_loss``
     are on it too), e.g. ``except TrainingDivergedError as error: partial = error.history``.
+    Ctrl-C, likewise, lets the current step finish and raises
+    :class:`bnlib.training.TrainingInterrupted` (a ``KeyboardInterrupt``) with
+    the History of the finished epochs on ``.history``; a second Ctrl-C stops at once.
 
     Args:
         model: a Keras model, or a function with no arguments that builds one
@@ -196,6 +204,7 @@ def fit(
 
     Raises:
         TrainingDivergedError: a step's loss was NaN or infinite (see above).
+        TrainingInterrupted: Ctrl-C (see above).
         ValueError, TypeError: malformed data (NaN or infinite images included) or settings, said how.
 
     Example:
@@ -272,16 +281,22 @@ def fit(
         progress=progress,
     )
     try:
-        model.fit(
-            x,
-            y,
-            batch_size=batch_size,
-            epochs=epochs,
-            validation_data=val,
-            shuffle=shuffle,
-            verbose=0,
-            callbacks=[recorder],
-        )
+        with _DeferredInterrupt() as interrupt:
+            recorder.interrupt = interrupt
+            model.fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                validation_data=val,
+                shuffle=shuffle,
+                verbose=0,
+                callbacks=[recorder],
+            )
+    except KeyboardInterrupt as stop:  # a second Ctrl-C, or one outside the main thread: wherever it landed
+        if isinstance(stop, TrainingInterrupted):
+            raise
+        raise recorder.interrupted() from stop
     finally:
         recorder.close()
     return history
@@ -309,6 +324,8 @@ def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
             self.sizes = [min(batch_size, n_train - k * batch_size) for k in range(steps)]
             self.running: list[float] = []
             self.epoch = 0
+            self.in_epoch = False
+            self.interrupt: Any = None
             self.bar = None
             if progress:
                 from tqdm.auto import tqdm
@@ -318,6 +335,7 @@ def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.running = []
             self.epoch = epoch
+            self.in_epoch = True
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
@@ -325,6 +343,31 @@ def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
             self.running.append(mean)
             if not math.isfinite(mean):
                 self.diverged()
+            if self.interrupt is not None and self.interrupt.requested:
+                raise self.interrupted()
+
+        def interrupted(self) -> TrainingInterrupted:
+            """Ctrl-C: the History of the finished epochs, and the steps of this one (kept in the model)."""
+            history = self.history_
+            finished = self.in_epoch is False
+            losses = (
+                []
+                if finished
+                else batch_losses_from_running_means(self.running, self.sizes[: len(self.running)]).tolist()
+            )
+            where = (
+                (f"after epoch {history.epochs}" if history.epochs else "before the first epoch")
+                if finished
+                else f"in epoch {self.epoch + 1} after {len(losses)} step(s) (kept in the model; "
+                "their losses are .epoch_batch_loss)"
+            )
+            error = TrainingInterrupted(
+                f"training interrupted {where}; the History of the {history.epochs} finished epoch(s) "
+                "is this exception's .history"
+            )
+            error.history, error.epoch = history, None if finished else self.epoch + 1
+            error.steps, error.epoch_batch_loss = len(losses), losses
+            return error
 
         def diverged(self) -> None:
             sizes = self.sizes[: len(self.running)]
@@ -354,6 +397,7 @@ def _recorder(keras: Any, *args: Any, **kwargs: Any) -> Any:
                 val_accuracy=float(logs.get("val_accuracy", float("nan"))),
                 seconds=time.perf_counter() - self.start,
             )
+            self.in_epoch = False
             if self.bar is not None:
                 self.bar.update(1)
                 shown = {"loss": logs["loss"], "val_accuracy": logs.get("val_accuracy")}
