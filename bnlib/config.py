@@ -76,8 +76,8 @@ class RunProfile:
 
 PROFILES: dict[str, RunProfile] = {
     "smoke": RunProfile("smoke", train_size=1_024, test_size=512, seeds=(0, 1), max_epochs=1),
-    "quick": RunProfile("quick", train_size=6_000, test_size=10_000, seeds=(0, 1), max_epochs=3),
-    "full": RunProfile("full", train_size=60_000, test_size=10_000, seeds=(0, 1, 2), max_epochs=None),
+    "quick": RunProfile("quick", train_size=6_000, test_size=10_000, seeds=(0, 1, 2, 3, 4), max_epochs=3),
+    "full": RunProfile("full", train_size=60_000, test_size=10_000, seeds=(0, 1, 2, 3, 4), max_epochs=None),
 }
 
 
