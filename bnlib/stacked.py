@@ -466,7 +466,7 @@ def fit_stacked(
     optimizer_class, optimizer_settings = settings[0]
     if (
         optimizer_settings.get("fused") is None
-        and not optimizer_settings.get("foreach")
+        and optimizer_settings.get("foreach") is None
         and device.type in ("cpu", "cuda")
     ):
         # One fused kernel per step instead of ~10 small ones per parameter: the same update, element by element.
