@@ -12,19 +12,20 @@ statistics; both names stay importable from here, looked up on first use.
 import importlib
 from typing import Any
 
-from bnlib.layers import batch_norm, factory, ghost, moment_norms, noisy, renorm, weight_norm
+from bnlib.layers import batch_norm, factory, ghost, moment_norms, noisy, renorm, virtual, weight_norm
 from bnlib.layers.batch_norm import *  # noqa: F403
 from bnlib.layers.factory import *  # noqa: F403
 from bnlib.layers.ghost import *  # noqa: F403
 from bnlib.layers.moment_norms import *  # noqa: F403
 from bnlib.layers.noisy import *  # noqa: F403
 from bnlib.layers.renorm import *  # noqa: F403
+from bnlib.layers.virtual import *  # noqa: F403
 from bnlib.layers.weight_norm import *  # noqa: F403
 
 __all__ = sorted(  # noqa: PLE0605  (sorted() returns the list of every submodule's public names)
     {
         name
-        for module in (batch_norm, factory, ghost, moment_norms, noisy, renorm, weight_norm)
+        for module in (batch_norm, factory, ghost, moment_norms, noisy, renorm, virtual, weight_norm)
         for name in module.__all__
     }
 )

@@ -15,6 +15,8 @@ Built-in kinds (each builder takes ``num_features`` first, then keyword settings
                 :func:`default_num_groups` (``num_groups=`` overrides)
 ``"batch_renorm"`` :class:`bnlib.layers.BatchRenorm` (batch renormalization; ``r_max=``, ``d_max=``)
 ``"ghost"``     :class:`bnlib.layers.GhostBatchNorm`, ``virtual_batch_size`` defaulting to 32
+``"virtual"``   :class:`bnlib.layers.VirtualBatchNorm` (Salimans et al.'s reference batch; wrap the
+                model in :class:`bnlib.layers.ReferenceBatch` to record the reference)
 ``"none"``      ``nn.Identity()``: no normalization, for sweeps that include the baseline
 ==============  =====================================================================
 """
@@ -30,6 +32,7 @@ from torch import nn
 from bnlib import _checks
 from bnlib.layers.batch_norm import BatchNorm
 from bnlib.layers.moment_norms import GroupNorm, InstanceNorm, LayerNorm
+from bnlib.layers.virtual import VirtualBatchNorm
 
 __all__ = ["make_norm", "register_norm", "known_norms", "default_num_groups", "TorchBatchNorm"]
 
@@ -175,3 +178,4 @@ def _ghost(num_features: int, *, virtual_batch_size: int = 32, **kwargs: Any) ->
 
 register_norm("batch_renorm", _batch_renorm)
 register_norm("ghost", _ghost)
+register_norm("virtual", VirtualBatchNorm)
