@@ -7,10 +7,21 @@ frameworks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["History", "EPOCH_COLUMNS"]
+
+
+def _number(value: Any, name: str) -> float:
+    """``value`` as a float; bools, strings and non-numbers are refused with a TypeError naming ``name``."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}") from error
 
 #: The per-epoch columns every History fills (validation ones NaN without validation data).
 EPOCH_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
@@ -58,12 +69,36 @@ class History:
         val_accuracy: float = float("nan"),
         seconds: float,
     ) -> None:
-        """Append one epoch's summary."""
-        self.train_loss.append(float(train_loss))
-        self.train_accuracy.append(float(train_accuracy))
-        self.val_loss.append(float(val_loss))
-        self.val_accuracy.append(float(val_accuracy))
-        self.seconds.append(float(seconds))
+        """Append one epoch's summary.
+
+        Accuracies are fractions in [0, 1], or NaN where undefined (no validation
+        data, outputs that are not class scores); ``seconds`` is finite and >= 0.
+        Anything else raises: an accuracy of 97 is a percentage passed by mistake.
+        Losses may be NaN (a run without validation data has no ``val_loss``).
+        """
+        values = {
+            name: _number(value, name)
+            for name, value in (
+                ("train_loss", train_loss),
+                ("train_accuracy", train_accuracy),
+                ("val_loss", val_loss),
+                ("val_accuracy", val_accuracy),
+                ("seconds", seconds),
+            )
+        }
+        for name in ("train_accuracy", "val_accuracy"):
+            if not (math.isnan(values[name]) or 0.0 <= values[name] <= 1.0):
+                raise ValueError(
+                    f"{name} must be a fraction in [0, 1] (or NaN where undefined), got {values[name]!r}; "
+                    "pass a percentage divided by 100"
+                )
+        if not (math.isfinite(values["seconds"]) and values["seconds"] >= 0):
+            raise ValueError(f"seconds must be a finite duration >= 0, got {values['seconds']!r}")
+        self.train_loss.append(values["train_loss"])
+        self.train_accuracy.append(values["train_accuracy"])
+        self.val_loss.append(values["val_loss"])
+        self.val_accuracy.append(values["val_accuracy"])
+        self.seconds.append(values["seconds"])
 
     def to_frame(self):
         """Per-epoch table: ``epoch`` (from 1), the :data:`EPOCH_COLUMNS`, and ``meta`` as constant columns."""

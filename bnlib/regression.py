@@ -102,8 +102,10 @@ def make_car_prices(n: int = 200, *, seed: int = 0) -> CarPrices:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
         raise ValueError(f"make_car_prices: n must be an integer >= 3 (cars to draw), got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"make_car_prices: seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"make_car_prices: seed must be a non-negative integer below 2**32 (as seed_everything takes), got {seed!r}"
+        )
     coefficients = {"intercept": 24_000.0, "per_year": -700.0, "per_km": -0.04, "noise": 1_000.0}
     rng = np.random.default_rng(int(seed))
     age = rng.uniform(0.5, 12.0, size=int(n))

@@ -735,8 +735,6 @@ STRICT_MODULES = {"experiments", "notebook", "data"}
 #: Cases that failed when this probe was committed, in modules other engineers are reworking: id -> what happened.
 #: Each is an xfail(strict=True): the day one is fixed, its mark fails and must be removed.
 KNOWN: dict[str, str] = {
-    "history:History.add_epoch(train_accuracy)=1.5": "silent: accepted, returned NoneType",
-    "history:History.add_epoch(train_accuracy)=-0.1": "silent: accepted, returned NoneType",
     "training:fit(shuffle)='no'": "silent: accepted, returned History",
     "training:fit(shuffle)=1": "silent: accepted, returned History",
     "training:fit(shuffle)=None": "silent: accepted, returned History",
@@ -745,13 +743,6 @@ KNOWN: dict[str, str] = {
     "training:fit(progress)=1": "silent: accepted, returned History",
     "training:fit(progress)=None": "silent: accepted, returned History",
     "training:fit(progress)=nan": "silent: accepted, returned History",
-    "probes:summarize(tensor)=tensor(2,) with nan": "silent NaN: returned dict holding NaN/inf",
-    "probes:summarize(quantiles)=(1.5,)": "raw: RuntimeError: quantile() q values must be in the range [0, 1]",
-    "probes:summarize(quantiles)=(nan,)": "raw: RuntimeError: quantile() q values must be in the range [0, 1]",
-    "probes:summarize(quantiles)=()": "silent: accepted, returned dict",
-    "inference:is_batchnorm(module)='x'": "silent: accepted, returned bool",
-    "inference:is_batchnorm(module)=None": "silent: accepted, returned bool",
-    "regression:make_car_prices(seed)=18446744073709551616": "silent: accepted, returned CarPrices",
 }
 
 

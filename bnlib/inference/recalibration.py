@@ -63,6 +63,8 @@ def is_batchnorm(module: nn.Module) -> bool:
         >>> is_batchnorm(nn.BatchNorm2d(3)), is_batchnorm(nn.LayerNorm(3)), is_batchnorm(nn.InstanceNorm2d(3))
         (True, False, False)
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"is_batchnorm expects an nn.Module (a layer), got {type(module).__name__} {module!r}")
     return isinstance(module, (nn.modules.batchnorm._BatchNorm, *_bnlib_batch_norm_types()))
 
 

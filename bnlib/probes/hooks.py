@@ -38,9 +38,16 @@ def summarize(tensor: torch.Tensor, quantiles: Sequence[float] = DEFAULT_QUANTIL
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"summarize expects a torch.Tensor, got {type(tensor).__name__}")
+    quantiles = _check_quantiles(quantiles)
     flat = tensor.detach().reshape(-1).float()
     if flat.numel() == 0:
         raise ValueError("cannot summarize an empty tensor")
+    if not bool(torch.isfinite(flat).all()):
+        bad = int((~torch.isfinite(flat)).sum())
+        raise ValueError(
+            f"cannot summarize a tensor holding {bad} NaN or infinite value(s) of {flat.numel()}: its mean, std and "
+            "quantiles would be NaN; find where the non-finite values come from (a diverged run, a bad input)"
+        )
     sample = flat[:: math.ceil(flat.numel() / _MAX_QUANTILE_ELEMENTS)]
     qs = torch.quantile(sample, torch.tensor(list(quantiles), dtype=flat.dtype, device=flat.device))
     values = torch.cat([flat.mean().reshape(1), flat.std(unbiased=False).reshape(1), qs]).cpu().tolist()
