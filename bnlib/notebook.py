@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import html
 import inspect
 import math
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +14,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["show_source", "source_of", "check_close", "check_that", "Stopwatch", "describe_environment"]
+__all__ = [
+    "show_source",
+    "source_core",
+    "source_html",
+    "source_of",
+    "check_close",
+    "check_that",
+    "Stopwatch",
+    "describe_environment",
+]
 
 
 def source_of(obj: Any) -> str:
@@ -24,21 +36,190 @@ def source_of(obj: Any) -> str:
         ) from error
 
 
-def show_source(obj: Any):
-    """Render the tested source of ``obj`` as a highlighted code block.
+def _is_check_call(node: ast.AST) -> bool:
+    """A bare call of a check: ``check_x(...)``, ``_check_x(...)``, ``_checks.check_x(...)``, ``self._check(...)``."""
+    if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
+        return False
+    func = node.value.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name.startswith(("check_", "_check"))
 
-    Chapters teach from bnlib's own code instead of copies of it. The result is
-    an IPython Markdown object: it renders on the built site, in Jupyter, in
-    Colab and in Binder; outside a notebook, its ``.data`` is the Markdown text.
+
+def _raises_only(body: list[ast.stmt]) -> bool:
+    """The block ends in ``raise`` and before it only builds the message (assignments, calls)."""
+    return (
+        bool(body)
+        and isinstance(body[-1], ast.Raise)
+        and all(isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.Expr)) for stmt in body[:-1])
+    )
+
+
+def _is_argument_check(node: ast.AST) -> bool:
+    """``if ...: raise ...`` (an ``elif``/``else`` that only raises too), or a bare check call."""
+    if isinstance(node, ast.If):
+        if not _raises_only(node.body):
+            return False
+        orelse = node.orelse
+        return not orelse or (len(orelse) == 1 and _is_argument_check(orelse[0])) or _raises_only(orelse)
+    return _is_check_call(node)
+
+
+def _is_checked_argument(node: ast.AST) -> bool:
+    """``x = check_x(..., x, ...)``: an argument replaced by its checked (or converted) self."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+        return False
+    if not _is_check_call(ast.Expr(value=node.value)):
+        return False
+    target = node.targets[0].id
+    return any(isinstance(arg, ast.Name) and arg.id == target for arg in node.value.args)
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def source_core(obj: Any) -> str:
+    """The part of ``obj``'s source a lesson reads: no docstrings, no argument checks.
+
+    Drops every docstring (of the function or class and of the methods in it),
+    every ``if ...: raise ...`` block and every bare call of a check
+    (``check_*(...)``, ``_check*(...)``, also as an attribute such as
+    ``self._check_input(x)``); keeps everything else, comments included. A body
+    left empty reads ``...``. :func:`show_source` shows this and folds the
+    full tested source (:func:`source_of`) behind a click.
+
+    Example:
+        >>> def scale(x, factor):
+        ...     \"\"\"Multiply x by factor.\"\"\"
+        ...     if factor <= 0:
+        ...         raise ValueError("factor must be positive")
+        ...     check_finite(x)
+        ...     return x * factor  # the formula
+        >>> print(source_core(scale))
+        def scale(x, factor):
+            return x * factor  # the formula
+    """
+    source = textwrap.dedent(source_of(obj))
+    lines = source.splitlines()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a lambda or a fragment inspect cut oddly: show it whole
+        return source.rstrip()
+    drop: set[int] = set()  # 0-based line numbers
+    stub: dict[int, str] = {}  # where a function or class body left empty gets "..."
+
+    def removable(node: ast.stmt, index: int) -> bool:
+        return (index == 0 and _is_docstring(node)) or _is_argument_check(node) or _is_checked_argument(node)
+
+    def visit(body: list[ast.stmt], *, can_vanish: bool) -> bool:
+        """Mark what to drop in ``body``; True when all of it goes (a block that only checked)."""
+        removed = []
+        for index, node in enumerate(body):
+            if removable(node, index):
+                removed.append(node)
+                continue
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(node.body, can_vanish=False)
+            elif isinstance(node, ast.If):
+                body_gone = visit(node.body, can_vanish=True)
+                else_gone = visit(node.orelse, can_vanish=True) if node.orelse else True
+                if body_gone and else_gone:
+                    removed.append(node)
+                elif else_gone and node.orelse:
+                    _drop_else(node)
+            else:
+                for field in ("body", "orelse", "finalbody"):
+                    inner = getattr(node, field, None)
+                    if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
+                        visit(inner, can_vanish=False)
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body, can_vanish=False)
+        for node in removed:
+            drop.update(range(node.lineno - 1, node.end_lineno))
+        everything = len(removed) == len(body)
+        if everything and not can_vanish:
+            stub[body[0].lineno - 1] = " " * body[0].col_offset + "..."
+        return everything
+
+    def _drop_else(node: ast.If) -> None:
+        """Drop the ``else:``/``elif`` lines of ``node`` whose branch only checked."""
+        begin = node.orelse[0].lineno - 1
+        if not lines[begin].lstrip().startswith(("elif", "else")):  # the body starts on the line after "else:"
+            begin -= 1
+            while begin > node.body[-1].end_lineno - 1 and not lines[begin].strip().startswith("else"):
+                begin -= 1
+        drop.update(range(begin, node.orelse[-1].end_lineno))
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            visit(node.body, can_vanish=False)
+    kept: list[str] = []
+    for number, line in enumerate(lines):
+        if number in stub:
+            kept.append(stub[number])
+        if number in drop:
+            continue
+        if not line.strip() and (not kept or not kept[-1].strip() or kept[-1].rstrip().endswith(":")):
+            continue  # one blank line where a dropped block leaves two, none right after a header
+        kept.append(line)
+    return "\n".join(kept).rstrip()
+
+
+def _highlight(code: str) -> str:
+    """``code`` as an HTML ``<pre>`` block, highlighted with inline styles (no stylesheet needed) when Pygments is there."""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:  # pragma: no cover - every notebook kernel has Pygments (IPython depends on it)
+        return f'<pre class="bnlib-code">{html.escape(code)}</pre>'
+    return highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False, cssclass="bnlib-code"))
+
+
+def _qualified_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    return f"{module}.{name}" if module else name
+
+
+def source_html(obj: Any) -> str:
+    """The HTML :func:`show_source` renders: the core, then the full tested source inside ``<details>``."""
+    full = source_of(obj).rstrip()
+    core = source_core(obj)
+    n = len(full.splitlines())
+    name = html.escape(_qualified_name(obj))
+    note = "docstring and argument checks left out" if core != textwrap.dedent(full).rstrip() else "the whole source"
+    return (
+        f'<div class="bnlib-source">'
+        f'<p class="bnlib-source-title" style="margin:0 0 0.25em;font-size:0.9em">'
+        f"<code>{name}</code> ({note})</p>"
+        f"{_highlight(core)}"
+        f"<details><summary>full tested source ({n} lines)</summary>"
+        f"{_highlight(textwrap.dedent(full))}</details></div>"
+    )
+
+
+def show_source(obj: Any):
+    """Render the part of ``obj``'s tested source a lesson needs, the whole of it one click away.
+
+    Chapters teach from bnlib's own code instead of copies of it. The
+    rendering shows :func:`source_core` (no docstrings, no ``if ...: raise``
+    argument checks, no bare ``check_*`` calls: the formula lines and the
+    forward) highlighted, and below it the full tested source folded in an
+    HTML ``<details>`` element ("full tested source (N lines)"). The result is
+    an IPython HTML object: it renders on the built site (MyST-NB keeps
+    ``text/html`` outputs), in Jupyter, in Colab and in Binder; its ``.data``
+    is the HTML text. Outside a notebook use :func:`source_core` or
+    :func:`source_of`.
     """
     try:
-        from IPython.display import Markdown
+        from IPython.display import HTML
     except ImportError as error:  # bnlib does not depend on IPython; every notebook kernel has it
         raise ImportError(
             "show_source renders in a notebook and needs IPython: pip install ipython "
-            "(outside a notebook, use bnlib.notebook.source_of)"
+            "(outside a notebook, use bnlib.notebook.source_core or source_of)"
         ) from error
-    return Markdown(f"```python\n{source_of(obj).rstrip()}\n```")
+    return HTML(source_html(obj))
 
 
 def _what(what: Any, name: str = "what") -> str:

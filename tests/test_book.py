@@ -101,8 +101,47 @@ def test_citations_resolve():
                 assert key.strip() in keys, f"{md.name} cites {key.strip()!r}, which is not in references.bib"
 
 
-def test_toc_lists_the_chapters_in_their_numbered_order():
-    assert toc_files()[1:] == [f"book/{md.stem}" for md in CHAPTERS], "_toc.yml must list book/NN_*.md in NN order"
+def test_toc_lists_the_chapters_in_their_numbered_order_then_the_bibliography():
+    assert toc_files()[1:-1] == [f"book/{md.stem}" for md in CHAPTERS], "_toc.yml must list book/NN_*.md in NN order"
+    assert toc_files()[-1] == "book/bibliography", "the book-wide bibliography comes last in _toc.yml"
+    assert ":all:" in (BOOK / "bibliography.md").read_text(), "book/bibliography.md must list every entry"
+
+
+def test_site_config_serves_its_own_assets_and_labels_references_author_year():
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    config = sphinx["config"]
+    from jupyter_book.config import get_default_sphinx_config
+
+    expected = [e for e in get_default_sphinx_config()["extensions"] if e != "sphinx_thebe"]
+    assert config["extensions"][: len(expected)] == expected, (
+        "_config.yml lists jupyter-book's extensions less sphinx_thebe: update it to jupyter-book's defaults"
+    )
+    assert "sphinx_thebe" not in config["extensions"], "sphinx-thebe logs a console error on every page"
+    for extension in ("sphinxcontrib.bibtex", *sphinx["local_extensions"]):
+        assert extension in config["extensions"], f"{extension} is not loaded"
+    assert config["bibtex_reference_style"] == "author_year" and config["bibtex_default_style"] == "bnbook"
+    assert not config["mathjax_path"].startswith(("http:", "https:", "//")), "MathJax must be served by the site"
+    for path in ("book/_static/bnbook.css", config["html_favicon"]):
+        assert (ROOT / path).is_file(), f"{path} is missing"
+
+
+def test_reference_labels_are_author_year():
+    import sys
+
+    from pybtex.database import parse_file
+    from pybtex.plugin import find_plugin
+
+    sys.path.insert(0, str(BOOK / "_ext"))
+    try:
+        import bnbook_bibstyle  # noqa: F401  (registers the "bnbook" pybtex style)
+    finally:
+        sys.path.remove(str(BOOK / "_ext"))
+    style = find_plugin("pybtex.style.formatting", "bnbook")()
+    labels = [entry.label for entry in style.format_bibliography(parse_file(BOOK / "references.bib"))]
+    assert len(labels) == len(set(labels)), f"two works share a label: {labels}"
+    for label in labels:
+        assert re.fullmatch(r"[^\W\d][^,]*, (\d{4}[a-z]?|n\.d\.)", label), f"not an author-year label: {label!r}"
+    assert "Ioffe and Szegedy, 2015" in labels
 
 
 def test_landing_page_maps_every_chapter_and_names_the_data_licence():

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import html
+import inspect
+import re
+import textwrap
+
 import numpy as np
 import pytest
 import torch
 
 import bnlib
-from bnlib.notebook import Stopwatch, check_close, check_that, show_source, source_of
+from bnlib.notebook import Stopwatch, check_close, check_that, show_source, source_core, source_of
 
 
 def test_check_close_passes_within_tolerance_and_returns_the_difference(capsys):
@@ -31,12 +36,96 @@ def test_check_that_raises_when_the_claim_does_not_hold(capsys):
     assert "DOES NOT HOLD (why)" in capsys.readouterr().out
 
 
-def test_show_source_renders_the_tested_code():
+def _checked_scale(x, factor, *, name="x"):
+    """Multiply ``x`` by ``factor``: a docstring the core leaves out."""
+    if factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
+    elif factor > 1e6:  # noqa: RET506  (an elif that only raises: the core drops it too)
+        message = f"factor {factor} is too large"
+        raise ValueError(message)
+    check_finite(x, name)
+    x = _check_array(x)
+    if name:  # kept: not a check
+        x = x + 0.0
+    return x * factor  # the formula line
+
+
+def check_finite(x, name):  # a stand-in for bnlib's checks, so the source above runs
+    return x
+
+
+def _check_array(x):
+    return np.asarray(x)
+
+
+class _Layer:
+    """A class docstring the core leaves out."""
+
+    def forward(self, x):
+        """A method docstring."""
+        self._check_input(x)
+        if self.training:
+            self.updates += 1
+        elif x is None:
+            raise TypeError("no input")
+        return x
+
+    def _check_input(self, x):
+        if x is None:
+            raise TypeError("no input")
+
+
+def test_source_core_drops_docstrings_and_argument_checks_and_keeps_the_formula():
+    core = source_core(_checked_scale)
+    assert core.splitlines()[0] == 'def _checked_scale(x, factor, *, name="x"):'
+    assert "return x * factor  # the formula line" in core
+    assert "if name:  # kept: not a check" in core and "x = x + 0.0" in core
+    for gone in ("docstring", "raise", "factor must be positive", "elif", "message", "check_finite", "_check_array"):
+        assert gone not in core, f"{gone!r} should be left out of the core:\n{core}"
+    layer = source_core(_Layer)
+    assert "docstring" not in layer and "self._check_input(x)" not in layer and "elif" not in layer
+    assert "self.updates += 1" in layer and "return x" in layer
+    assert "def _check_input(self, x):\n        ..." in layer  # a body that only checked reads "..."
+
+
+def test_source_core_is_the_whole_source_when_there_is_nothing_to_leave_out():
+    def plain(x):
+        return x + 1
+
+    assert source_core(plain) == "def plain(x):\n    return x + 1"
+
+
+def test_show_source_renders_the_core_and_folds_the_full_tested_source():
+    pytest.importorskip("IPython")
     rendered = show_source(bnlib.min_max_normalize)
-    assert rendered.data.startswith("```python\ndef min_max_normalize(")
-    assert source_of(bnlib.min_max_normalize) in rendered.data
+    page = rendered.data
+    assert page.startswith('<div class="bnlib-source">') and "bnlib.preprocessing.min_max_normalize" in page
+    core_html, folded = page.split("<details>", 1)
+    assert folded.count("</details>") == 1 and page.rstrip().endswith("</details></div>")
+    full = source_of(bnlib.min_max_normalize)
+    assert f"<summary>full tested source ({len(full.splitlines())} lines)</summary>" in folded
+
+    def text(fragment: str) -> str:  # the code as a reader sees it: tags off, entities decoded
+        return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+    assert textwrap.dedent(full).strip() in text(folded), "the folded part must hold the whole tested source"
+    docstring = inspect.getdoc(bnlib.min_max_normalize).splitlines()[0]
+    assert docstring in text(folded) and docstring not in text(core_html)
+    assert source_core(bnlib.min_max_normalize) in text(core_html)
+    assert "def min_max_normalize(" in text(core_html)
     with pytest.raises(TypeError, match="defined in Python"):
         source_of(len)
+
+
+def test_show_source_shortens_the_lessons_longest_sources():
+    from bnlib.layers import BatchNorm
+    from bnlib.training import fit
+
+    for obj, at_most in ((fit, 0.6), (BatchNorm.forward, 1.0)):
+        core, full = source_core(obj).splitlines(), source_of(obj).splitlines()
+        assert len(core) <= at_most * len(full), f"{obj.__qualname__}: core {len(core)} of {len(full)} lines"
+        assert '"""' not in "\n".join(core)
+    assert "functional.normalize(" in source_core(BatchNorm.forward)
 
 
 def test_stopwatch_adds_up_times_of_the_same_name():
