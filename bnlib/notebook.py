@@ -6,6 +6,7 @@ import ast
 import html
 import inspect
 import math
+import os
 import textwrap
 import time
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ __all__ = [
     "check_that",
     "Stopwatch",
     "describe_environment",
+    "expected_cost",
+    "MEASURED_SECONDS",
+    "MEASURED_HOW",
+    "CHAPTERS",
 ]
 
 
@@ -393,12 +398,120 @@ class Stopwatch:
         return "\n".join([*lines, f"{'total':<40s} {total:8.1f} s"])
 
 
+CHAPTERS: tuple[str, ...] = (
+    "01_normalization",
+    "02_batch_norm",
+    "03_lenet5_pytorch",
+    "04_keras_cnns",
+    "05_variants",
+    "06_why_bn_works",
+    "07_practice",
+)
+
+# Measured wall-clock seconds of each chapter, per run profile and kind of runtime: "cpu" is a 2-core CPU
+# (this project's machines and CI), "gpu" a single GPU (a Colab GPU runtime). None: not measured yet.
+# Each value must come from a run of the chapter as it is now (the Stopwatch total, or the time of the
+# whole notebook), with MEASURED_HOW saying which run; a changed chapter or profile makes its value stale.
+MEASURED_SECONDS: dict[tuple[str, str], dict[str, float | None]] = {
+    ("smoke", "cpu"): dict.fromkeys(CHAPTERS),
+    ("quick", "cpu"): dict.fromkeys(CHAPTERS),
+    ("full", "cpu"): dict.fromkeys(CHAPTERS),
+    ("smoke", "gpu"): dict.fromkeys(CHAPTERS),
+    ("quick", "gpu"): dict.fromkeys(CHAPTERS),
+    ("full", "gpu"): dict.fromkeys(CHAPTERS),
+}
+MEASURED_HOW: dict[tuple[str, str], str] = {}
+
+
+def _runtime_kind(device: Any) -> str:
+    return "cpu" if getattr(device, "type", str(device)) == "cpu" else "gpu"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _this_chapter() -> str | None:
+    """The chapter this kernel runs, where the front end says so (Jupyter's session name, VS Code)."""
+    names = [os.environ.get("JPY_SESSION_NAME", "")]
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            names += [str(shell.user_ns.get(key, "")) for key in ("__session__", "__vsc_ipynb_file__")]
+    except ImportError:
+        pass
+    for name in names:
+        for chapter in CHAPTERS:
+            if chapter in name:
+                return chapter
+    return None
+
+
+def expected_cost(profile: str, runtime: str, chapter: str | None = None) -> str:
+    """What a chapter (or each chapter) took when measured in ``profile`` on ``runtime`` ("cpu" or "gpu").
+
+    Reads :data:`MEASURED_SECONDS`; a chapter never measured reads "not measured yet".
+
+    Example:
+        >>> expected_cost("quick", "gpu", "03_lenet5_pytorch")
+        'this chapter in quick on a GPU: not measured yet'
+    """
+    if (profile, runtime) not in MEASURED_SECONDS:
+        raise ValueError(
+            f"expected_cost: no table for profile {profile!r} on runtime {runtime!r}; "
+            f"profiles smoke, quick, full; runtimes cpu, gpu"
+        )
+    table = MEASURED_SECONDS[profile, runtime]
+    where = "a 2-core CPU" if runtime == "cpu" else "a GPU"
+    how = f" ({MEASURED_HOW[profile, runtime]})" if (profile, runtime) in MEASURED_HOW else ""
+    if chapter is not None:
+        if chapter not in table:
+            raise ValueError(f"expected_cost: unknown chapter {chapter!r}; expected one of {', '.join(CHAPTERS)}")
+        seconds = table[chapter]
+        took = "not measured yet" if seconds is None else f"about {_duration(seconds)}{how}"
+        return f"this chapter in {profile} on {where}: {took}"
+    known = {c: t for c, t in table.items() if t is not None}
+    if not known:
+        return f"time per chapter in {profile} on {where}: not measured yet"
+    parts = [f"{c[:2]} {_duration(t) if t is not None else '?'}" for c, t in table.items()]
+    missing = " (? not measured yet)" if len(known) < len(table) else ""
+    return f"time per chapter in {profile} on {where}{how}: {', '.join(parts)}{missing}"
+
+
 def describe_environment() -> str:
-    """One line for a chapter's setup cell: bnlib version, device and run profile."""
+    """What a chapter's setup cell prints: versions and device, the run profile, its cost here, how to change it.
+
+    Three lines: bnlib, torch and the device; the run profile with its sizes and why
+    it was chosen, and what this chapter (or each chapter) took when measured in that
+    profile on this kind of runtime (:data:`MEASURED_SECONDS`, else "not measured
+    yet"); how to pick another profile (``BNLIB_PROFILE`` in the environment, or in
+    Colab ``os.environ["BNLIB_PROFILE"]`` before ``import bnlib``).
+    """
     import torch
 
     from bnlib import __version__
     from bnlib.config import run_profile
     from bnlib.device import get_device
 
-    return f"bnlib {__version__}, torch {torch.__version__}; device: {get_device()}; run profile: {run_profile()}"
+    device = get_device()
+    profile = run_profile()
+    others = [name for name in ("smoke", "quick", "full") if name != profile.name]
+    suggest = "full" if profile.name == "quick" else "quick"
+    return "\n".join(
+        [
+            f"bnlib {__version__}, torch {torch.__version__}; device: {device}",
+            f"run profile: {profile}",
+            expected_cost(profile.name, _runtime_kind(device), _this_chapter()),
+            (
+                f"to pick another: BNLIB_PROFILE={' or '.join(others)} in the environment; in Colab, run "
+                f'import os; os.environ["BNLIB_PROFILE"] = "{suggest}" before import bnlib '
+                "(unset: full on a GPU runtime, quick on a CPU)"
+            ),
+        ]
+    )

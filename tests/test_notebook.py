@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import bnlib
-from bnlib.notebook import Stopwatch, check_close, check_that, show_source, source_core, source_of
+from bnlib.notebook import Stopwatch, check_close, check_that, expected_cost, show_source, source_core, source_of
 
 
 def test_check_close_passes_within_tolerance_and_returns_the_difference(capsys):
@@ -233,3 +233,56 @@ def test_stopwatch_names_are_strings(name):
     with pytest.raises(TypeError, match="name must be a non-empty string"), watch(name):
         pass
     assert watch.seconds == {}
+
+
+def test_describe_environment_says_the_profile_its_cost_and_how_to_pick_another(monkeypatch):
+    monkeypatch.setenv("BNLIB_PROFILE", "smoke")
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    lines = bnlib.describe_environment().splitlines()
+    assert lines[0].startswith(f"bnlib {bnlib.__version__}, torch ")
+    assert lines[1].startswith("run profile: smoke (train 1,024 images")
+    assert lines[2].startswith("time per chapter in smoke on a ")
+    assert (
+        "BNLIB_PROFILE=quick or full" in lines[3]
+        and 'os.environ["BNLIB_PROFILE"] = "quick" before import bnlib' in lines[3]
+    )
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/reader/book/03_lenet5_pytorch.ipynb")
+    assert "this chapter in smoke on a " in bnlib.describe_environment()
+
+
+def test_expected_cost_reads_the_measured_table(monkeypatch):
+    from bnlib import notebook
+
+    table = dict.fromkeys(notebook.CHAPTERS)
+    table["01_normalization"] = 42.0
+    table["03_lenet5_pytorch"] = 5400.0
+    monkeypatch.setitem(notebook.MEASURED_SECONDS, ("quick", "cpu"), table)
+    monkeypatch.setitem(notebook.MEASURED_HOW, ("quick", "cpu"), "a test")
+    assert (
+        expected_cost("quick", "cpu", "01_normalization")
+        == "this chapter in quick on a 2-core CPU: about 42 s (a test)"
+    )
+    assert expected_cost("quick", "cpu", "03_lenet5_pytorch").endswith("about 1.5 h (a test)")
+    assert expected_cost("quick", "cpu", "02_batch_norm").endswith("not measured yet")
+    summary = expected_cost("quick", "cpu")
+    assert "01 42 s, 02 ?, 03 1.5 h" in summary and "(? not measured yet)" in summary
+    assert expected_cost("full", "gpu") == "time per chapter in full on a GPU: not measured yet"
+    with pytest.raises(ValueError, match="unknown chapter '99_x'"):
+        expected_cost("quick", "cpu", "99_x")
+    with pytest.raises(ValueError, match="no table for profile 'fast'"):
+        expected_cost("fast", "cpu")
+
+
+def test_the_measured_table_names_every_chapter_of_the_book():
+    from pathlib import Path
+
+    from bnlib import notebook
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    assert tuple(sorted(p.stem for p in book.glob("[0-9][0-9]_*.md"))) == notebook.CHAPTERS
+    for key, table in notebook.MEASURED_SECONDS.items():
+        assert tuple(table) == notebook.CHAPTERS, key
+        assert all(t is None or t > 0 for t in table.values()), key
+        assert any(t is not None for t in table.values()) <= (key in notebook.MEASURED_HOW), (
+            f"{key}: say how the times were measured (MEASURED_HOW)"
+        )
