@@ -232,6 +232,8 @@ def batch_norm_dims(ndim: int) -> tuple[int, ...]:
         >>> batch_norm_dims(2), batch_norm_dims(4)
         ((0,), (0, 2, 3))
     """
+    if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)):
+        raise TypeError(f"batch_norm_dims: ndim must be an integer (x.ndim), got {type(ndim).__name__} {ndim!r}")
     if ndim < 2:
         raise ValueError(f"batch norm needs at least 2 dims (N, C), got ndim={ndim}")
     return (0, *range(2, ndim))
@@ -274,7 +276,22 @@ def moments(
         >>> moments(x, 1, keepdim=False)[0]            # per row, as layer norm
         tensor([1.5000, 4.5000])
     """
-    dims_t = (dims,) if isinstance(dims, int) else tuple(dims)
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"moments expects a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor(x) "
+            "(the NumPy reference is bnlib.functional.batch_norm_forward)"
+        )
+    if isinstance(dims, (int, np.integer)) and not isinstance(dims, (bool, np.bool_)):
+        dims_t = (dims,)
+    elif isinstance(dims, (tuple, list)):
+        dims_t = tuple(dims)
+    else:
+        raise TypeError(
+            f"moments: dims must be an integer or a tuple of integers, got {type(dims).__name__} {dims!r}; "
+            "e.g. dims=(0, 2, 3) for batch norm on (N, C, H, W)"
+        )
     for d in dims_t:
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or not -x.ndim <= d < x.ndim:
             raise ValueError(
