@@ -75,6 +75,9 @@ def test_first_code_cell_is_the_setup_cell(md: Path):
     assert cells[0].source.strip() == setup_cell(), (
         f"{md.name}: the first code cell must be the shared setup cell (see CONTRIBUTING.md)"
     )
+    assert "hide-input" in cells[0].metadata.get("tags", []), (
+        f"{md.name}: tag the setup cell `:tags: [hide-input]` (its output, not its install lines, is for readers)"
+    )
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
