@@ -354,6 +354,7 @@ def fit_stacked(
     optimizers: Sequence[torch.optim.Optimizer] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     shuffle: bool = True,
+    train_mode: str = "every_epoch",
     device: Any = None,
     progress: bool = True,
     drop_last: bool = False,
@@ -373,8 +374,9 @@ def fit_stacked(
     Args:
         models: ``k >= 1`` models of one stackable architecture (see :func:`check_stackable`),
             each already initialized under its own seed.
-        train, val, epochs, batch_size, loss_fn, shuffle, progress, drop_last,
-            eval_batch_size, meta: as in :func:`~bnlib.training.fit`.
+        train, val, epochs, batch_size, loss_fn, shuffle, train_mode, progress, drop_last,
+            eval_batch_size, meta: as in :func:`~bnlib.training.fit` (``train_mode="first_epoch_only"``
+            trains epochs 2 and later in evaluation mode, as ``fit`` does).
         seeds: one seed per model: its batch order (the same generator ``fit`` uses).
         optimizers: one fresh optimizer per model (default ``Adam(lr=1e-3)`` each).
         device: where to train (the explicit argument, else the models' device, else
@@ -407,6 +409,7 @@ def fit_stacked(
         _batch_bounds,
         _batch_count,
         _check_positive_int,
+        _check_train_mode,
         _DeferredInterrupt,
         _divergence_check_interval,
         _seeded_generator,
@@ -427,6 +430,7 @@ def fit_stacked(
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
+    train_mode = _check_train_mode(train_mode)
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict of labels, got {type(meta).__name__}")
     custom_loss = loss_fn is not None
@@ -482,7 +486,7 @@ def fit_stacked(
         with _DeferredInterrupt() as interrupt:
             for epoch in range(1, epochs + 1):
                 start_time = time.perf_counter()
-                net.train()
+                net.train(train_mode == "every_epoch" or epoch == 1)  # fit's _epoch_mode
                 order = (
                     torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device, non_blocking=True)
                     if shuffle

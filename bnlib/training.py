@@ -291,6 +291,29 @@ def _interrupted(history: History, epoch: int, epoch_losses: Sequence[torch.Tens
     return error
 
 
+TRAIN_MODES = ("every_epoch", "first_epoch_only")
+
+
+def _check_train_mode(train_mode: Any) -> str:
+    """``train_mode`` as one of :data:`TRAIN_MODES`, or a ValueError/TypeError that names them."""
+    if not isinstance(train_mode, str):
+        raise TypeError(
+            f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r} ({type(train_mode).__name__}); "
+            "'first_epoch_only' reproduces a loop that calls model.train() once, before its epochs"
+        )
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(
+            f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}; "
+            "'every_epoch' (the default) is the usual loop"
+        )
+    return train_mode
+
+
+def _epoch_mode(model: nn.Module, epoch: int, train_mode: str) -> None:
+    """Put ``model`` in the mode it trains in at ``epoch`` (1-based): see ``fit``'s ``train_mode``."""
+    model.train(train_mode == "every_epoch" or epoch == 1)
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
@@ -386,6 +409,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     shuffle: bool = True,
+    train_mode: str = "every_epoch",
     device: Any = None,
     seed: int | None = None,
     progress: bool = True,
@@ -395,7 +419,7 @@ def fit(
 ) -> History:
     """Train ``model`` on ``train`` = ``(x, y)`` and return its :class:`~bnlib.history.History`.
 
-    Each epoch: ``model.train()``; the examples are visited in batches of
+    Each epoch: ``model.train()`` (unless ``train_mode`` says otherwise); the examples are visited in batches of
     ``batch_size`` (a fresh random order when ``shuffle``, else the stored
     order); one optimizer step per batch; then, with ``val``, the mean loss and
     accuracy on ``val`` in ``eval()`` mode under ``no_grad``. The model ends in
@@ -414,6 +438,16 @@ def fit(
           else where the model is, else :func:`bnlib.get_device` (which honours
           ``BNLIB_DEVICE``). A model built on the CPU trains on the CPU unless
           you pass ``device`` or move it first.
+        - ``train_mode="first_epoch_only"`` reproduces a common bug (source
+          000's loop): ``model.train()`` called once, before the epoch loop,
+          and an accuracy function that calls ``model.eval()`` and never
+          switches back. Epoch 1 trains in training mode; epochs 2 and later
+          train in evaluation mode, so batch norm normalizes with its running
+          statistics, which stop moving (and ``num_batches_tracked`` stops
+          counting), while gradients still train every weight, batch norm's
+          ``gamma`` and ``beta`` included; dropout is off. With one epoch the
+          two modes are the same run. The default, ``"every_epoch"``, calls
+          ``model.train()`` at the start of every epoch.
 
     Never a silent NaN:
         Every step's loss is checked for NaN and inf: after every step on the
@@ -450,6 +484,9 @@ def fit(
             created after the model is moved to ``device``).
         loss_fn: mean-reduced ``(output, target) -> loss`` (default ``nn.CrossEntropyLoss()``).
         shuffle: reshuffle the examples every epoch (the source tutorial does not).
+        train_mode: ``"every_epoch"`` (default: ``model.train()`` at the start of every epoch) or
+            ``"first_epoch_only"`` (epochs 2 and later train in ``eval()`` mode, as source 000 does;
+            see Conventions).
         device: where to train (default: where the model is, see Conventions); model and data are moved there.
         seed: see Conventions; ``None`` leaves the global generator alone.
         progress: show a tqdm progress bar per epoch.
@@ -483,6 +520,7 @@ def fit(
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
+    train_mode = _check_train_mode(train_mode)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
@@ -524,7 +562,7 @@ def fit(
         with _DeferredInterrupt() as interrupt:
             for epoch in range(1, epochs + 1):
                 start_time = time.perf_counter()
-                model.train()
+                _epoch_mode(model, epoch, train_mode)
                 order = _epoch_order(n, shuffle=shuffle, generator=generator, device=device)
                 step_losses = []
                 checked = 0  # step_losses[:checked] are known to be finite

@@ -277,3 +277,24 @@ def test_lenet5_stacked_equals_separate_fit_runs_on_cuda(norm):
     h_stacked = fit_stacked(stacked, (x, y), seeds=SEEDS, **kwargs)
     h_separate = [fit(m, (x, y), seed=s, **kwargs) for m, s in zip(separate, SEEDS)]
     _assert_equal_runs(stacked, separate, h_stacked, h_separate, loss_atol=1e-3, state_rtol=1e-3)
+
+
+def test_source_000_eval_mode_from_epoch_2_stacked_equals_separate_fit_runs():
+    """train_mode='first_epoch_only' (source 000's bug): the stacked run equals fit's, running statistics included."""
+    x, y = _images(n=800)
+    stacked, separate = _build(lambda: init_like_source(LeNet5("batch", softmax_output=True)))
+    kwargs = {
+        "val": (x[:200], y[:200]),
+        "epochs": 3,
+        "batch_size": 20,
+        "shuffle": False,
+        "train_mode": "first_epoch_only",
+        "progress": False,
+        "device": "cpu",
+    }
+    h_stacked = fit_stacked(stacked, (x, y), seeds=SEEDS, **kwargs)
+    h_separate = [fit(m, (x, y), seed=s, **kwargs) for m, s in zip(separate, SEEDS)]
+    _assert_equal_runs(stacked, separate, h_stacked, h_separate, state_atol=2e-3)
+    assert int(stacked[0].features[2].num_batches_tracked) == 40  # epoch 1's steps only
+    with pytest.raises(ValueError, match="first_epoch_only"):
+        fit_stacked(stacked, (x, y), seeds=SEEDS, epochs=1, batch_size=20, train_mode="once", progress=False)

@@ -184,6 +184,8 @@ def test_numpy_inputs_and_a_custom_loss():
         (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
         (dict(batch_size=200, drop_last=True), ValueError, "leaves no batch"),
         (dict(device="nonsense"), ValueError, "not a device name"),
+        (dict(train_mode="first"), ValueError, "first_epoch_only"),
+        (dict(train_mode=True), TypeError, "train_mode must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, error, words):
@@ -399,3 +401,96 @@ def test_the_divergence_check_serves_a_stacked_run_too():
     with pytest.raises(TrainingDivergedError, match=r"loss is \[0\.4.*, inf\] at epoch 3, step 2") as caught:
         _raise_if_diverged(losses, epoch=3, first_step=1, optimizer=optimizer, history=History())
     assert caught.value.step == 2 and len(caught.value.epoch_batch_loss) == 2
+
+
+# ---------------------------------------------------------------- source 000's three bugs, each pinned
+
+
+def test_source_bug_double_softmax_the_loss_never_falls_below_log_1_plus_9_over_e():
+    """LeNet5(softmax_output=True) into CrossEntropyLoss: the loss sees probabilities, bounded below by log(1 + 9/e)."""
+    from bnlib.models import LeNet5
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 32, 32, generator=g)
+    y = (x.flatten(1) @ torch.randn(32 * 32, 10, generator=g)).argmax(1)  # learnable labels
+    torch.manual_seed(0)
+    model = LeNet5(softmax_output=True)
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out.sum(1), torch.ones(64))  # probabilities, not logits
+    # Even a perfect prediction (all mass on the label) leaves the loss at the bound:
+    perfect = F.one_hot(y, 10).float()
+    bound = math.log(1 + 9 / math.e)
+    assert F.cross_entropy(perfect, y).item() == pytest.approx(bound, rel=1e-6)
+    history = run(model, (x, y), epochs=10, batch_size=16, optimizer=torch.optim.Adam(model.parameters(), lr=3e-3))
+    assert min(history.batch_loss) >= bound - 1e-6
+    torch.manual_seed(0)
+    fixed = LeNet5()  # the same network with logits goes below the bound on the same data
+    fixed_history = run(
+        fixed, (x, y), epochs=10, batch_size=16, optimizer=torch.optim.Adam(fixed.parameters(), lr=3e-3)
+    )
+    assert min(fixed_history.batch_loss) < bound
+
+
+class BatchRecorder(nn.Module):
+    """Records the examples of every training batch (the first input feature identifies the example)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.batches = []
+
+    def forward(self, x):
+        if self.training:
+            self.batches.append(x[:, 0].detach().clone())
+        return self.linear(x)
+
+
+def test_source_bug_unshuffled_loader_same_batches_in_the_same_order_every_epoch():
+    x, y = blobs(50)
+    model = BatchRecorder()
+    run(model, (x, y), epochs=3, batch_size=16, shuffle=False, seed=0)
+    per_epoch = [torch.cat(model.batches[i * 4 : (i + 1) * 4]) for i in range(3)]  # 50 = 3 batches of 16 + one of 2
+    for order in per_epoch:
+        assert torch.equal(order, x[:, 0])  # the stored order, every epoch
+    shuffled = BatchRecorder()
+    run(shuffled, (x, y), epochs=2, batch_size=16, shuffle=True, seed=0)
+    first, second = torch.cat(shuffled.batches[:4]), torch.cat(shuffled.batches[4:])
+    assert not torch.equal(first, second) and torch.equal(first.sort().values, second.sort().values)
+
+
+def test_train_mode_first_epoch_only_trains_epochs_2_on_in_eval_mode():
+    model = ModeRecorder()
+    x, y = blobs(40)
+    run(model, (x, y), val=(x[:10], y[:10]), epochs=3, batch_size=20, train_mode="first_epoch_only")
+    training_calls = [call for call in model.calls if call[1]]  # those with gradients
+    assert [call[0] for call in training_calls] == [True, True, False, False, False, False]
+    assert all(not call[0] and not call[1] for call in model.calls if not call[1])  # validation: eval, no_grad
+    assert model.training  # the mode it started in
+    every = ModeRecorder()
+    run(every, (x, y), epochs=3, batch_size=20)
+    assert all(call[0] for call in every.calls)
+
+
+def test_source_bug_eval_mode_from_epoch_2_freezes_the_running_statistics_but_trains_gamma_and_beta():
+    """Source 000: model.train() once before the loop, model.eval() in its accuracy(): epochs 2+ in eval mode."""
+    import copy
+
+    data = blobs()  # 96 examples: 6 batches of 16 per epoch
+    start = fresh(norm=nn.BatchNorm1d)
+    one, three, usual = copy.deepcopy(start), copy.deepcopy(start), copy.deepcopy(start)
+    run(one, data, epochs=1, seed=0, shuffle=False, train_mode="first_epoch_only")
+    run(three, data, epochs=3, seed=0, shuffle=False, train_mode="first_epoch_only")
+    run(usual, data, epochs=3, seed=0, shuffle=False)
+    bn_start, bn_one, bn_three, bn_usual = (m.layers[1] for m in (start, one, three, usual))
+    assert not torch.equal(bn_one.running_mean, bn_start.running_mean)  # epoch 1 moved them
+    torch.testing.assert_close(bn_three.running_mean, bn_one.running_mean, rtol=0, atol=0)  # epochs 2-3 did not
+    torch.testing.assert_close(bn_three.running_var, bn_one.running_var, rtol=0, atol=0)
+    assert int(bn_three.num_batches_tracked) == int(bn_one.num_batches_tracked) == 6
+    assert int(bn_usual.num_batches_tracked) == 18
+    assert not torch.equal(bn_three.weight, bn_one.weight) and not torch.equal(bn_three.bias, bn_one.bias)
+    # With one epoch both modes are the same run, bit for bit.
+    default_one = copy.deepcopy(start)
+    h_default = run(default_one, data, epochs=1, seed=0, shuffle=False)
+    h_first = run(copy.deepcopy(start), data, epochs=1, seed=0, shuffle=False, train_mode="first_epoch_only")
+    assert h_default.batch_loss == h_first.batch_loss
