@@ -148,8 +148,13 @@ class Worker:
         return self.read()
 
     def close(self) -> None:
+        """End the worker: EOF on its stdin, and a kill if it has not exited 30 s later."""
         self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def main() -> None:
