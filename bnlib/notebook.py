@@ -42,10 +42,12 @@ def source_of(obj: Any) -> str:
 
 
 def _is_check_call(node: ast.AST) -> bool:
-    """A bare call of a check: ``check_x(...)``, ``_check_x(...)``, ``_checks.check_x(...)``, ``self._check(...)``."""
+    """A call of a check: ``check_x(...)``, ``_check_x(...)``, ``self._check(...)``, anything in ``_checks``."""
     if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
         return False
     func = node.value.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "_checks":
+        return True  # bnlib._checks: the shared argument checks
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
     return name.startswith(("check_", "_check"))
 
@@ -87,9 +89,11 @@ def source_core(obj: Any) -> str:
     """The part of ``obj``'s source a lesson reads: no docstrings, no argument checks.
 
     Drops every docstring (of the function or class and of the methods in it),
-    every ``if ...: raise ...`` block and every bare call of a check
+    every ``if ...: raise ...`` block, every bare call of a check
     (``check_*(...)``, ``_check*(...)``, also as an attribute such as
-    ``self._check_input(x)``); keeps everything else, comments included. A body
+    ``self._check_input(x)``, or any function of ``bnlib._checks``) and every
+    ``x = check(x, ...)`` that replaces an argument by its checked self; keeps
+    everything else, comments included. A body
     left empty reads ``...``. :func:`show_source` shows this and folds the
     full tested source (:func:`source_of`) behind a click.
 
@@ -413,14 +417,24 @@ CHAPTERS: tuple[str, ...] = (
 # Each value must come from a run of the chapter as it is now (the Stopwatch total, or the time of the
 # whole notebook), with MEASURED_HOW saying which run; a changed chapter or profile makes its value stale.
 MEASURED_SECONDS: dict[tuple[str, str], dict[str, float | None]] = {
-    ("smoke", "cpu"): dict.fromkeys(CHAPTERS),
+    ("smoke", "cpu"): {  # jupyter-book's "Executed notebook in N seconds", `make site`, 2026-12-02
+        "01_normalization": 43.0,
+        "02_batch_norm": 151.0,
+        "03_lenet5_pytorch": 155.0,
+        "04_keras_cnns": 104.0,
+        "05_variants": 61.0,
+        "06_why_bn_works": 64.0,
+        "07_practice": 204.0,
+    },
     ("quick", "cpu"): dict.fromkeys(CHAPTERS),
     ("full", "cpu"): dict.fromkeys(CHAPTERS),
     ("smoke", "gpu"): dict.fromkeys(CHAPTERS),
     ("quick", "gpu"): dict.fromkeys(CHAPTERS),
     ("full", "gpu"): dict.fromkeys(CHAPTERS),
 }
-MEASURED_HOW: dict[tuple[str, str], str] = {}
+MEASURED_HOW: dict[tuple[str, str], str] = {
+    ("smoke", "cpu"): "whole notebook, measured on 2 cores shared with other jobs: an upper bound",
+}
 
 
 def _runtime_kind(device: Any) -> str:

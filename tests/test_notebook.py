@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bnlib
+from bnlib import _checks
 from bnlib.notebook import Stopwatch, check_close, check_that, expected_cost, show_source, source_core, source_of
 
 
@@ -45,6 +46,7 @@ def _checked_scale(x, factor, *, name="x"):
         raise ValueError(message)
     check_finite(x, name)
     x = _check_array(x)
+    factor = _checks.positive_float(factor, "factor")
     if name:  # kept: not a check
         x = x + 0.0
     return x * factor  # the formula line
@@ -80,7 +82,16 @@ def test_source_core_drops_docstrings_and_argument_checks_and_keeps_the_formula(
     assert core.splitlines()[0] == 'def _checked_scale(x, factor, *, name="x"):'
     assert "return x * factor  # the formula line" in core
     assert "if name:  # kept: not a check" in core and "x = x + 0.0" in core
-    for gone in ("docstring", "raise", "factor must be positive", "elif", "message", "check_finite", "_check_array"):
+    for gone in (
+        "docstring",
+        "raise",
+        "must be positive",
+        "elif",
+        "message",
+        "check_finite",
+        "_check_array",
+        "_checks",
+    ):
         assert gone not in core, f"{gone!r} should be left out of the core:\n{core}"
     layer = source_core(_Layer)
     assert "docstring" not in layer and "self._check_input(x)" not in layer and "elif" not in layer

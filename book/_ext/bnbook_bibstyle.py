@@ -34,20 +34,35 @@ def _authors(entry) -> str:
     return f"{_last_name(people[0])} et al."
 
 
+def assign_labels(entries) -> dict[str, str]:
+    """Each entry's key -> its author-year label, "a", "b", ... appended (in title order) where two would agree."""
+    entries = sorted(entries, key=lambda e: (e.fields.get("year", ""), e.fields.get("title", "").lower(), e.key))
+    base = {e.key: f"{_authors(e)}, {e.fields.get('year', 'n.d.')}" for e in entries}
+    counts = Counter(base.values())
+    seen: Counter = Counter()
+    labels = {}
+    for e in entries:
+        label = base[e.key]
+        if counts[label] > 1:
+            seen[label] += 1
+            label += "abcdefghijklmnopqrstuvwxyz"[seen[label] - 1]
+        labels[e.key] = label
+    return labels
+
+
+# Labels over every entry of the book's .bib files (filled when Sphinx starts), so that a chapter citing
+# only one of LeCun et al.'s two 1998 works still calls it by its book-wide label ("1998b").
+_BOOK_LABELS: dict[str, str] = {}
+
+
 class AuthorYearLabelStyle(BaseLabelStyle):
-    """Labels "Authors, year", with a, b, ... when two works would get the same label."""
+    """Labels "Authors, year", with a, b, ... when two works of the book would get the same label."""
 
     def format_labels(self, sorted_entries):
         entries = list(sorted_entries)
-        labels = [f"{_authors(e)}, {e.fields.get('year', 'n.d.')}" for e in entries]
-        counts = Counter(labels)
-        seen: Counter = Counter()
-        for label in labels:
-            if counts[label] > 1:
-                seen[label] += 1
-                yield f"{label}{'abcdefghijklmnopqrstuvwxyz'[seen[label] - 1]}"
-            else:
-                yield label
+        local = assign_labels(entries)
+        for entry in entries:
+            yield _BOOK_LABELS.get(entry.key, local[entry.key])
 
 
 class AuthorYearStyle(UnsrtStyle):
@@ -61,6 +76,18 @@ register_plugin("pybtex.style.labels", "bnbook_author_year", AuthorYearLabelStyl
 register_plugin("pybtex.style.formatting", "bnbook", AuthorYearStyle)
 
 
-def setup(app):  # Sphinx's extension hook; the plugins are registered on import
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+def _read_book_labels(app) -> None:
+    from pathlib import Path
 
+    from pybtex.database import parse_file
+
+    entries = []
+    for name in app.config.bibtex_bibfiles:
+        entries += parse_file(Path(app.srcdir) / name).entries.values()
+    _BOOK_LABELS.clear()
+    _BOOK_LABELS.update(assign_labels(entries))
+
+
+def setup(app):
+    app.connect("builder-inited", _read_book_labels)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
