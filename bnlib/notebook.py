@@ -506,6 +506,10 @@ def describe_environment() -> str:
     profile on this kind of runtime (:data:`MEASURED_SECONDS`, else "not measured
     yet"); how to pick another profile (``BNLIB_PROFILE`` in the environment, or in
     Colab ``os.environ["BNLIB_PROFILE"]`` before ``import bnlib``).
+
+    As the setup cell's one call, it also makes pandas print table cells in full
+    (``display.max_colwidth = None``; pandas cuts them at 50 characters otherwise,
+    and a verdict table's claim must be readable), where pandas is installed.
     """
     import torch
 
@@ -513,6 +517,12 @@ def describe_environment() -> str:
     from bnlib.config import run_profile
     from bnlib.device import get_device
 
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency of the chapters, not of bnlib's core
+        pass
+    else:
+        pd.set_option("display.max_colwidth", None)
     device = get_device()
     profile = run_profile()
     others = [name for name in ("smoke", "quick", "full") if name != profile.name]

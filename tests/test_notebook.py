@@ -257,8 +257,12 @@ def test_describe_environment_says_the_profile_its_cost_and_how_to_pick_another(
         "BNLIB_PROFILE=quick or full" in lines[3]
         and 'os.environ["BNLIB_PROFILE"] = "quick" before import bnlib' in lines[3]
     )
+    pd = pytest.importorskip("pandas")
+    assert pd.get_option("display.max_colwidth") is None, "verdict tables must print their cells in full"
+    pd.reset_option("display.max_colwidth")
     monkeypatch.setenv("JPY_SESSION_NAME", "/home/reader/book/03_lenet5_pytorch.ipynb")
     assert "this chapter in smoke on a " in bnlib.describe_environment()
+    pd.reset_option("display.max_colwidth")
 
 
 def test_expected_cost_reads_the_measured_table(monkeypatch):
