@@ -141,7 +141,7 @@ def seed_everything(seed: int) -> int:
     import torch
 
     torch.manual_seed(seed)  # seeds every CUDA device too
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:  # None: imports of it blocked on purpose
         tf: Any = sys.modules["tensorflow"]
         tf.keras.utils.set_random_seed(seed)
     return seed

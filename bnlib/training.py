@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib import _checks
 from bnlib.device import resolve_device
 from bnlib.history import History
 
@@ -521,6 +522,9 @@ def fit(
     batch_size = _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
     train_mode = _check_train_mode(train_mode)
+    shuffle = _checks.boolean(shuffle, "shuffle", hint="the source tutorial's loader does not shuffle: shuffle=False")
+    progress = _checks.boolean(progress, "progress")
+    drop_last = _checks.boolean(drop_last, "drop_last")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"

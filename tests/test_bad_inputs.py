@@ -735,14 +735,6 @@ STRICT_MODULES = {"experiments", "notebook", "data"}
 #: Cases that failed when this probe was committed, in modules other engineers are reworking: id -> what happened.
 #: Each is an xfail(strict=True): the day one is fixed, its mark fails and must be removed.
 KNOWN: dict[str, str] = {
-    "training:fit(shuffle)='no'": "silent: accepted, returned History",
-    "training:fit(shuffle)=1": "silent: accepted, returned History",
-    "training:fit(shuffle)=None": "silent: accepted, returned History",
-    "training:fit(shuffle)=nan": "silent: accepted, returned History",
-    "training:fit(progress)='no'": "silent: accepted, returned History",
-    "training:fit(progress)=1": "silent: accepted, returned History",
-    "training:fit(progress)=None": "silent: accepted, returned History",
-    "training:fit(progress)=nan": "silent: accepted, returned History",
 }
 
 
