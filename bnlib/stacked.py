@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnlib import _checks
 from bnlib.history import History
 
 __all__ = ["NotStackableError", "fit_stacked", "check_stackable"]
@@ -430,6 +431,9 @@ def fit_stacked(
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
+    shuffle = _checks.boolean(shuffle, "shuffle", hint="the source tutorial's loader does not shuffle: shuffle=False")
+    progress = _checks.boolean(progress, "progress")
+    drop_last = _checks.boolean(drop_last, "drop_last")
     train_mode = _check_train_mode(train_mode)
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict of labels, got {type(meta).__name__}")

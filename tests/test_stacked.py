@@ -174,6 +174,8 @@ def test_optimizers_that_do_not_stack_are_refused():
         ({"epochs": 0}, ValueError, "epochs"),
         ({"batch_size": 1.5}, TypeError, "batch_size"),
         ({"meta": "x"}, TypeError, "meta"),
+        ({"shuffle": "no"}, TypeError, "shuffle must be True or False"),
+        ({"drop_last": 1}, TypeError, "drop_last must be True or False"),
     ],
 )
 def test_bad_arguments_are_refused_clearly(kwargs, error, match):
