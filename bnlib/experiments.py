@@ -249,9 +249,11 @@ def repeat_fit(
     same batch orders: the comparison is paired.
 
     When the models stack (LeNet-5 or the MLP, without normalization or with
-    batch norm, trained with SGD, Adam or AdamW: see :mod:`bnlib.stacked`), every
-    seed is trained in one pass by :func:`bnlib.stacked.fit_stacked`, which equals
-    the separate runs up to float rounding (tested) and costs less per seed.
+    batch norm, trained with SGD, Adam or AdamW: see :mod:`bnlib.stacked`) and
+    stacking pays (:func:`bnlib.stacked.stacking_pays`: LeNet-5 anywhere, the MLP
+    off the CPU), every seed is trained in one pass by
+    :func:`bnlib.stacked.fit_stacked`, which equals the separate runs up to float
+    rounding (tested) and costs less per seed.
     Otherwise each seed runs its own :func:`~bnlib.training.fit` (the reason is
     logged at INFO level). Either way the models that ``make_model`` returned are
     trained in place.
@@ -262,8 +264,8 @@ def repeat_fit(
         seeds: the seeds, e.g. ``profile.seeds``.
         config: a name for this configuration, stored as ``meta["config"]``.
         make_optimizer: ``model -> optimizer`` (default ``Adam(lr=1e-3)``).
-        stack: ``None`` (default) stacks when possible; ``False`` always loops over
-            ``fit``; ``True`` requires stacking (a ``NotStackableError`` says why not).
+        stack: ``None`` (default) stacks when possible and it pays; ``False`` always loops
+            over ``fit``; ``True`` requires stacking (a ``NotStackableError`` says why not).
         **fit_kwargs: the remaining arguments of ``fit`` (``epochs``, ``batch_size``, ``val``, ...).
 
     Example:
@@ -277,7 +279,7 @@ def repeat_fit(
     import logging
 
     from bnlib.config import seed_everything
-    from bnlib.stacked import NotStackableError, fit_stacked
+    from bnlib.stacked import NotStackableError, fit_stacked, stacking_pays
     from bnlib.training import fit
 
     if not callable(make_model):
@@ -299,6 +301,9 @@ def repeat_fit(
         models.append(model)
         optimizers.append(make_optimizer(model) if make_optimizer is not None else None)
 
+    if stack is None and not stacking_pays(models[0], fit_kwargs.get("device")):
+        stack = False
+        logging.getLogger(__name__).info("repeat_fit: one seed at a time (stacking does not pay for this model here)")
     if stack is not False:
         try:
             histories = fit_stacked(

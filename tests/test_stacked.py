@@ -232,30 +232,49 @@ def test_an_interrupt_keeps_the_histories_and_the_trained_steps(monkeypatch):
     assert not torch.equal(models[0].layers[0].weight, untouched[0].layers[0].weight)
 
 
-def test_repeat_fit_stacks_by_default_and_trains_the_models_in_place(monkeypatch):
+def test_repeat_fit_stacks_lenet5_by_default_and_trains_the_models_in_place(monkeypatch):
     import bnlib.training
 
-    x, y = _vectors(n=200)
+    x, y = _images(n=64)
     built = []
 
     def make():
-        built.append(MLP((20, 8, 4), norm="batch"))
+        built.append(LeNet5("batch"))
         return built[-1]
 
     def no_fit(*args, **kwargs):
         raise AssertionError("repeat_fit should have stacked these models")
 
     monkeypatch.setattr(bnlib.training, "fit", no_fit)
-    histories = experiments.repeat_fit(make, (x, y), seeds=(3, 4), config="c", epochs=1, batch_size=20, progress=False)
+    histories = experiments.repeat_fit(make, (x, y), seeds=(3, 4), config="c", epochs=1, batch_size=16, progress=False)
     assert [h.meta["seed"] for h in histories] == [3, 4]
     assert {h.meta["config"] for h in histories} == {"c"}
-    assert int(built[0].layers[1].num_batches_tracked) == 10
+    assert int(built[0].features[2].num_batches_tracked) == 4
+
+
+def test_repeat_fit_loops_over_the_mlp_on_a_cpu_where_stacking_does_not_pay(monkeypatch):
+    import bnlib.training
+    from bnlib.stacked import stacking_pays
+
+    assert stacking_pays(LeNet5(), "cpu")
+    assert not stacking_pays(MLP((20, 8, 4)), "cpu")
+    assert stacking_pays(MLP((20, 8, 4)).to("meta"))  # off the CPU (here: the meta device) it stacks
+    calls, fit = [], bnlib.training.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(bnlib.training, "fit", counting_fit)
+    x, y = _vectors(n=40)
+    experiments.repeat_fit(lambda: MLP((20, 8, 4)), (x, y), seeds=(0, 1), epochs=1, batch_size=8, progress=False)
+    assert calls == [0, 1]
 
 
 def test_repeat_fit_equals_its_loop_and_falls_back_where_it_cannot_stack():
     x, y = _vectors(n=400)
     arguments = {"seeds": (0, 1), "epochs": 1, "batch_size": 4, "progress": False}
-    stacked = experiments.repeat_fit(lambda: MLP((20, 8, 4), norm="batch"), (x, y), **arguments)
+    stacked = experiments.repeat_fit(lambda: MLP((20, 8, 4), norm="batch"), (x, y), stack=True, **arguments)
     looped = experiments.repeat_fit(lambda: MLP((20, 8, 4), norm="batch"), (x, y), stack=False, **arguments)
     for a, b in zip(stacked, looped):
         torch.testing.assert_close(torch.tensor(a.batch_loss), torch.tensor(b.batch_loss), atol=1e-4, rtol=0)
