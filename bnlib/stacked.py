@@ -170,7 +170,7 @@ class _StackedNet(nn.Module):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.models = list(models)
+        self.groups: dict[str, list[nn.Module]] = {}
         self.k = len(models)
         first = models[0]
         self.kind = type(first).__name__
@@ -178,7 +178,6 @@ class _StackedNet(nn.Module):
         self.params = nn.ParameterDict()
         self.running: dict[str, dict[str, torch.Tensor]] = {}
         layout = "channels" if self.kind == "LeNet5" else "batched"
-        self.in_channels = first.features[0].in_channels if self.kind == "LeNet5" else None
         for name, module in _leaves(first):
             key = name.replace(".", "_")
             group = [dict(m.named_modules())[name] if "." in name else getattr(m, name) for m in models]
@@ -213,6 +212,7 @@ class _StackedNet(nn.Module):
             else:
                 op = "shared"
             self.stages.append((key, module, op))
+            self.groups[key] = group  # the k models' own layers at this stage, for unstack
 
     def _stack_param(self, key: str, what: str, tensors: list[torch.Tensor], *, cat: bool) -> None:
         shapes = {tuple(t.shape) for t in tensors}
@@ -296,12 +296,10 @@ class _StackedNet(nn.Module):
     @torch.no_grad()
     def unstack(self) -> None:
         """Copy the stacked parameters and running statistics back into the k models."""
-        for key, module, op in self.stages:
-            name = key  # the models' names use dots; recover them from the template's position
-            for i, model in enumerate(self.models):
-                target = _module_at(model, module, self.models[0])
+        for key, _, op in self.stages:
+            for i, target in enumerate(self.groups[key]):
                 for what in ("weight", "bias"):
-                    stacked = self._p(name, what)
+                    stacked = self._p(key, what)
                     if stacked is None:
                         continue
                     if op == "linear":
@@ -309,11 +307,11 @@ class _StackedNet(nn.Module):
                     else:
                         size = getattr(target, what).shape[0]
                         getattr(target, what).copy_(stacked[i * size : (i + 1) * size])
-                if name in self.running:
+                if key in self.running:
                     c = target.running_mean.shape[0]
-                    target.running_mean.copy_(self.running[name]["mean"][i * c : (i + 1) * c])
-                    target.running_var.copy_(self.running[name]["var"][i * c : (i + 1) * c])
-                    target.num_batches_tracked.copy_(self.running[name]["count"])
+                    target.running_mean.copy_(self.running[key]["mean"][i * c : (i + 1) * c])
+                    target.running_var.copy_(self.running[key]["var"][i * c : (i + 1) * c])
+                    target.num_batches_tracked.copy_(self.running[key]["count"])
 
     def to_(self, device: torch.device, channels_last: bool) -> _StackedNet:
         self.to(device)
@@ -326,14 +324,6 @@ class _StackedNet(nn.Module):
                     weight = self.params[f"{key}__weight"]
                     weight.data = weight.data.contiguous(memory_format=torch.channels_last)
         return self
-
-
-def _module_at(model: nn.Module, template: nn.Module, first: nn.Module) -> nn.Module:
-    """The module of ``model`` at the position ``template`` has in ``first``."""
-    for (_, a), (_, b) in zip(first.named_modules(), model.named_modules()):
-        if a is template:
-            return b
-    raise RuntimeError("template module not found")  # unreachable: the models share one architecture
 
 
 # --------------------------------------------------------------------------- optimizers
