@@ -75,6 +75,7 @@ _SUBMODULES = {
     "probes",
     "inference",
     "regression",
+    "claims",
 }
 
 
