@@ -28,9 +28,11 @@ $(STAMP): pyproject.toml Makefile
 
 # Unit tests, docstring examples, the pairing check, and nbval over every chapter (smoke profile).
 test: $(STAMP)
-	BNLIB_PROFILE=smoke $(PY) -m pytest tests bnlib book --nbval-lax --nbval-current-env
+	BNLIB_PROFILE=smoke BNLIB_VERDICTS_DIR=$(abspath _build/test-verdicts) \
+	  $(PY) -m pytest tests bnlib book --nbval-lax --nbval-current-env
 
 # The static site, executing every chapter; Sphinx warnings are errors. Lands in _build/html/index.html.
+# Each chapter writes its verdict rows to _build/verdicts/ as it executes; book/08_claims reads them.
 # jupyter-book's execution cache is keyed on the code, not on BNLIB_PROFILE: when the profile differs
 # from the last build's (_build/.profile), the cache and the parsed pages (Sphinx re-reads only changed
 # sources) are dropped, so a full build never reuses quick outputs.
@@ -38,9 +40,9 @@ book: $(STAMP) $(MATHJAX)
 	@mkdir -p _build; profile=$$($(PY) -c "import bnlib; print(bnlib.run_profile().name)") || exit 1; \
 	  if [ "$$(cat _build/.profile 2>/dev/null)" != "$$profile" ]; then \
 	    echo "run profile $$profile (last build: $$(cat _build/.profile 2>/dev/null || echo none)): clearing the execution cache"; \
-	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/html; fi; \
+	    rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/html _build/verdicts; fi; \
 	  echo "$$profile" > _build/.profile
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	BNLIB_VERDICTS_DIR=$(abspath _build/verdicts) $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # MathJax 3, served by the site itself (no CDN at read time): the npm registry's `mathjax` package,
 # fetched once with `npm pack` (6 MB) and its browser build unpacked into _build/vendor/mathjax, which
@@ -80,7 +82,7 @@ browser:
 SITE_TOC ?= _toc.yml
 SITE := _build/site-smoke
 site: $(STAMP) $(MATHJAX)
-	BNLIB_PROFILE=smoke $(VENV)/bin/jupyter-book build . -W -n --keep-going --toc $(SITE_TOC) --path-output $(SITE)
+	BNLIB_PROFILE=smoke BNLIB_VERDICTS_DIR=$(abspath $(SITE))/verdicts $(VENV)/bin/jupyter-book build . -W -n --keep-going --toc $(SITE_TOC) --path-output $(SITE)
 
 # Serves the site on 127.0.0.1 and checks every page of $(SITE_TOC) in headless Chromium;
 # screenshots land in _build/screenshots/.

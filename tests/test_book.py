@@ -166,6 +166,8 @@ def test_landing_page_maps_every_chapter_and_names_the_data_licence():
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_every_chapter_reports_how_long_its_experiments_took(md: Path):
+    if md.stem == "08_claims":
+        pytest.skip("the claims page runs no experiment: it reads the verdict rows the chapters wrote")
     code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
     assert any("bnlib.Stopwatch()" in c for c in code), f"{md.name} does not time its experiments (bnlib.Stopwatch)"
     assert "print(watch.report())" in code[-1], f"{md.name}: the last code cell must print watch.report()"

@@ -1,0 +1,25 @@
+"""Re-read the page "The claims, judged" on every build (a local Sphinx extension, loaded from _config.yml).
+
+The page reads the verdict rows the chapters write while they execute (``bnlib.claims``). Sphinx re-reads
+only pages whose source changed, and jupyter-cache re-executes only notebooks whose code changed, so an
+unchanged claims page would keep the table of an earlier build after a chapter was re-run. This marks the
+page outdated on every build; its notebook metadata (``mystnb: execution_mode: force``) makes MyST-NB
+execute it every time it is read. It is read after the chapters: Sphinx reads pages in sorted order, and
+``book/08_claims`` sorts after ``book/01`` to ``book/07``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIMS_PAGE", "setup"]
+
+#: The docname of the page that collects every chapter's verdicts.
+CLAIMS_PAGE = "book/08_claims"
+
+
+def _always_reread(app, env, added, changed, removed) -> list[str]:
+    return [CLAIMS_PAGE] if CLAIMS_PAGE in env.found_docs else []
+
+
+def setup(app) -> dict:
+    app.connect("env-get-outdated", _always_reread)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
