@@ -15,8 +15,8 @@ Example:
     >>> folder = tempfile.mkdtemp()
     >>> table = pd.DataFrame([{"claim": "BN helps", "measured (95% CI)": "+1.0 pts [0.5, 1.5]",
     ...                        "verdict": "holds", "why": "CI above 0"}])
-    >>> path = record_verdicts(table, chapter="03_lenet5_pytorch", source="Source 000",
-    ...                        section="verdicts", folder=folder, book=None)
+    >>> record_verdicts(table, chapter="03_lenet5_pytorch", source="Source 000", section="verdicts",
+    ...                 folder=folder, book=None)
     >>> rows, notes = collect_verdicts(["03_lenet5_pytorch"], folder=folder, book=None, profile="smoke")
     >>> rows[0]["claim"], rows[0]["verdict"], notes
     ('BN helps', 'holds', [])
@@ -24,9 +24,10 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime as dt
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,7 @@ _DETECTABLE = ("detectable", "smallest detectable")
 
 def book_root(start: str | os.PathLike | None = None) -> Path | None:
     """The book checkout holding ``start`` (default: the working directory), or None outside one."""
-    here = Path(start or os.getcwd()).resolve()
+    here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "_toc.yml").is_file() and (folder / "book").is_dir():
             return folder
@@ -70,8 +71,9 @@ def chapter_digest(chapter: str, book: str | os.PathLike | None) -> str | None:
 
 def _check_chapter(chapter: Any) -> str:
     if not isinstance(chapter, str) or not chapter or "/" in chapter or chapter.endswith((".md", ".ipynb")):
-        raise ValueError(f"chapter must be a chapter's file name without folder or suffix, e.g. "
-                         f"'03_lenet5_pytorch'; got {chapter!r}")
+        raise ValueError(
+            f"chapter must be a chapter's file name without folder or suffix, e.g. '03_lenet5_pytorch'; got {chapter!r}"
+        )
     return chapter
 
 
@@ -95,14 +97,16 @@ def _pick(row: dict, prefixes: Sequence[str]) -> Any:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def _normalize(row: dict, source: Any, section: str) -> dict:
     missing = [key for key in ("claim", "verdict") if key not in row]
     if missing:
-        raise ValueError(f"every verdict row needs a 'claim' and a 'verdict' column; a row lacks {missing}: "
-                         f"its columns are {list(row)}")
+        raise ValueError(
+            f"every verdict row needs a 'claim' and a 'verdict' column; a row lacks {missing}: "
+            f"its columns are {list(row)}"
+        )
     if "source" in row and _text(row["source"]):
         who = _text(row["source"])
     elif callable(source):
@@ -110,16 +114,31 @@ def _normalize(row: dict, source: Any, section: str) -> dict:
     else:
         who = _text(source)
     if not who:
-        raise ValueError(f"no source for the claim {row['claim']!r}: give the table a 'source' column or pass "
-                         f"source='...' (a string, or a function of the claim)")
-    return {"source": who, "claim": _text(row["claim"]), "measured": _text(_pick(row, _MEASURED)) or "-",
-            "verdict": _text(row["verdict"]), "detectable": _text(_pick(row, _DETECTABLE)) or "-",
-            "why": _text(row.get("why")), "section": _text(row.get("section")) or section}
+        raise ValueError(
+            f"no source for the claim {row['claim']!r}: give the table a 'source' column or pass "
+            f"source='...' (a string, or a function of the claim)"
+        )
+    return {
+        "source": who,
+        "claim": _text(row["claim"]),
+        "measured": _text(_pick(row, _MEASURED)) or "-",
+        "verdict": _text(row["verdict"]),
+        "detectable": _text(_pick(row, _DETECTABLE)) or "-",
+        "why": _text(row.get("why")),
+        "section": _text(row.get("section")) or section,
+    }
 
 
-def record_verdicts(table: Any, *, chapter: str, source: Any = None, section: str,
-                    folder: str | os.PathLike | None = None, book: Any = "find",
-                    profile: Any = None) -> Path | None:
+def record_verdicts(
+    table: Any,
+    *,
+    chapter: str,
+    source: Any = None,
+    section: str,
+    folder: str | os.PathLike | None = None,
+    book: Any = "find",
+    profile: Any = None,
+) -> None:
     """Write a chapter's verdict rows beside the build, for the page "The claims, judged".
 
     Args:
@@ -136,8 +155,8 @@ def record_verdicts(table: Any, *, chapter: str, source: Any = None, section: st
             working directory; None: record no digest.
         profile: the run profile the rows were computed in; default ``bnlib.run_profile()``.
 
-    Returns:
-        The file written, or None when there is no verdict folder (a run outside a checkout).
+    Writes ``<folder>/<chapter>.json``, or nothing when there is no verdict folder (a run outside a
+    checkout). Returns None, so that a chapter cell ending with the call displays nothing.
 
     Raises:
         ValueError, TypeError: for a malformed table, chapter or source.
@@ -146,19 +165,27 @@ def record_verdicts(table: Any, *, chapter: str, source: Any = None, section: st
 
     chapter = _check_chapter(chapter)
     if not isinstance(section, str) or not section:
-        raise ValueError(f"section must be the anchor of the section judging the claims, e.g. 'verdicts'; got {section!r}")
+        raise ValueError(
+            f"section must be the anchor of the section judging the claims, e.g. 'verdicts'; got {section!r}"
+        )
     rows = [_normalize(row, source, section) for row in _records(table)]
     root = book_root() if isinstance(book, str) and book == "find" else (None if book is None else Path(book))
     target = Path(folder) if folder is not None else verdict_folder(root)
     if target is None:
-        return None
+        return
     prof = run_profile(profile) if not hasattr(profile, "name") else profile
     payload = {
-        "format": FORMAT, "chapter": chapter, "profile": prof.name,
-        "sizes": {"train_size": prof.train_size, "test_size": prof.test_size, "seeds": list(prof.seeds),
-                  "max_epochs": prof.max_epochs},
+        "format": FORMAT,
+        "chapter": chapter,
+        "profile": prof.name,
+        "sizes": {
+            "train_size": prof.train_size,
+            "test_size": prof.test_size,
+            "seeds": list(prof.seeds),
+            "max_epochs": prof.max_epochs,
+        },
         "digest": chapter_digest(chapter, root),
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
     }
     target.mkdir(parents=True, exist_ok=True)
@@ -167,15 +194,15 @@ def record_verdicts(table: Any, *, chapter: str, source: Any = None, section: st
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(payload, stream, indent=1)
-        os.replace(temporary, path)
+        Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
-def collect_verdicts(chapters: Sequence[str], *, folder: str | os.PathLike | None = None, book: Any = "find",
-                     profile: Any = None) -> tuple[list[dict], list[str]]:
+def collect_verdicts(
+    chapters: Sequence[str], *, folder: str | os.PathLike | None = None, book: Any = "find", profile: Any = None
+) -> tuple[list[dict], list[str]]:
     """Every chapter's recorded rows, and a note for each chapter whose rows cannot be shown as current.
 
     Each returned row has the fields of ``FIELDS`` plus ``chapter``, ``profile`` and ``status``:
@@ -193,9 +220,14 @@ def collect_verdicts(chapters: Sequence[str], *, folder: str | os.PathLike | Non
     for chapter in (_check_chapter(c) for c in chapters):
         path = None if where is None else where / f"{chapter}.json"
         if path is None or not path.is_file():
-            notes.append(f"{chapter}: no verdict rows recorded in this build"
-                         + (" (no verdict folder: set BNLIB_VERDICTS_DIR)" if where is None else
-                            f" ({path} does not exist: the chapter was not executed, or failed before its table)"))
+            notes.append(
+                f"{chapter}: no verdict rows recorded in this build"
+                + (
+                    " (no verdict folder: set BNLIB_VERDICTS_DIR)"
+                    if where is None
+                    else f" ({path} does not exist: the chapter was not executed, or failed before its table)"
+                )
+            )
             continue
         try:
             payload = json.loads(path.read_text())
@@ -208,13 +240,17 @@ def collect_verdicts(chapters: Sequence[str], *, folder: str | os.PathLike | Non
         status = "current"
         if payload.get("profile") != wanted:
             status = "other profile"
-            notes.append(f"{chapter}: its rows were computed in the {payload.get('profile')!r} profile "
-                         f"({payload.get('written')}), not in this build's {wanted!r}")
+            notes.append(
+                f"{chapter}: its rows were computed in the {payload.get('profile')!r} profile "
+                f"({payload.get('written')}), not in this build's {wanted!r}"
+            )
         else:
             now = chapter_digest(chapter, root)
             if now is not None and payload.get("digest") not in (None, now):
                 status = "stale"
-                notes.append(f"{chapter}: its rows are stale: the chapter's source changed after they were "
-                             f"written ({payload.get('written')})")
+                notes.append(
+                    f"{chapter}: its rows are stale: the chapter's source changed after they were "
+                    f"written ({payload.get('written')})"
+                )
         rows += [r | {"chapter": chapter, "profile": payload.get("profile"), "status": status} for r in recorded]
     return rows, notes

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(chapter: str, out: Path) -> dict:
+    """Execute one chapter, write its executed notebook to OUT and append its time to OUT/times.jsonl."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -33,11 +34,17 @@ def run(chapter: str, out: Path) -> dict:
     if not source.is_file():
         raise SystemExit(f"no chapter {source}: give a file name from book/ without suffix, e.g. 03_lenet5_pytorch")
     notebook = nbformat.read(source, as_version=4)
-    client = NotebookClient(notebook, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "book")}})
-    record = {"chapter": chapter, "profile": bnlib.run_profile().name, "cpus": os.cpu_count(),
-              "device": str(bnlib.get_device()), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "load_before": os.getloadavg()}
+    client = NotebookClient(
+        notebook, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "book")}}
+    )
+    record = {
+        "chapter": chapter,
+        "profile": bnlib.run_profile().name,
+        "cpus": os.cpu_count(),
+        "device": str(bnlib.get_device()),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_before": os.getloadavg(),
+    }
     start = time.perf_counter()
     try:
         client.execute()
@@ -47,12 +54,13 @@ def run(chapter: str, out: Path) -> dict:
     record["seconds"] = round(time.perf_counter() - start, 1)
     record["load_after"] = os.getloadavg()
     nbformat.write(notebook, out / f"{chapter}.ipynb")
-    with open(out / "times.jsonl", "a") as stream:
+    with (out / "times.jsonl").open("a") as stream:
         stream.write(json.dumps(record) + "\n")
     return record
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chapters named on the command line, one after another; exit 1 if any failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("chapters", nargs="+", help="chapter file names without suffix, e.g. 03_lenet5_pytorch")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "chapter-runs")

@@ -9,8 +9,13 @@ import pytest
 
 from bnlib.claims import FIELDS, book_root, chapter_digest, collect_verdicts, record_verdicts, verdict_folder
 
-ROW = {"claim": "BN raises accuracy", "measured (95% CI)": "+1.00 pts [0.50, 1.50]", "verdict": "holds",
-       "smallest detectable": "0.50 pts", "why": "CI above 0"}
+ROW = {
+    "claim": "BN raises accuracy",
+    "measured (95% CI)": "+1.00 pts [0.50, 1.50]",
+    "verdict": "holds",
+    "smallest detectable": "0.50 pts",
+    "why": "CI above 0",
+}
 
 
 @pytest.fixture
@@ -24,22 +29,50 @@ def book(tmp_path):
 
 def test_rows_round_trip_with_source_section_and_digest(book, tmp_path):
     folder = tmp_path / "verdicts"
-    path = record_verdicts(pd.DataFrame([ROW]), chapter="03_lenet5_pytorch", source="source 000", section="verdicts",
-                           folder=folder, book=book, profile="quick")
-    payload = json.loads(path.read_text())
+    assert (
+        record_verdicts(
+            pd.DataFrame([ROW]),
+            chapter="03_lenet5_pytorch",
+            source="source 000",
+            section="verdicts",
+            folder=folder,
+            book=book,
+            profile="quick",
+        )
+        is None
+    )
+    payload = json.loads((folder / "03_lenet5_pytorch.json").read_text())
     assert payload["profile"] == "quick" and payload["sizes"]["train_size"] == 6_000
     assert payload["digest"] == chapter_digest("03_lenet5_pytorch", book)
     rows, notes = collect_verdicts(["03_lenet5_pytorch"], folder=folder, book=book, profile="quick")
     assert notes == []
-    assert rows == [{"source": "source 000", "claim": "BN raises accuracy", "measured": "+1.00 pts [0.50, 1.50]",
-                     "verdict": "holds", "detectable": "0.50 pts", "why": "CI above 0", "section": "verdicts",
-                     "chapter": "03_lenet5_pytorch", "profile": "quick", "status": "current"}]
+    assert rows == [
+        {
+            "source": "source 000",
+            "claim": "BN raises accuracy",
+            "measured": "+1.00 pts [0.50, 1.50]",
+            "verdict": "holds",
+            "detectable": "0.50 pts",
+            "why": "CI above 0",
+            "section": "verdicts",
+            "chapter": "03_lenet5_pytorch",
+            "profile": "quick",
+            "status": "current",
+        }
+    ]
 
 
 def test_a_source_column_or_function_names_who_makes_each_claim(tmp_path):
     rows = [ROW | {"claim": "MLP: BN helps"}, ROW | {"source": "Keras source A"}]
-    record_verdicts(rows, chapter="03_x", section="s", folder=tmp_path, book=None, profile="smoke",
-                    source=lambda claim: "second source" if claim.startswith("MLP") else "source 000")
+    record_verdicts(
+        rows,
+        chapter="03_x",
+        section="s",
+        folder=tmp_path,
+        book=None,
+        profile="smoke",
+        source=lambda claim: "second source" if claim.startswith("MLP") else "source 000",
+    )
     got, _ = collect_verdicts(["03_x"], folder=tmp_path, book=None, profile="smoke")
     assert [r["source"] for r in got] == ["second source", "Keras source A"]
 
@@ -62,8 +95,9 @@ def test_rows_of_another_profile_are_marked_and_noted(tmp_path):
 
 
 def test_rows_of_a_chapter_changed_since_are_stale(book, tmp_path):
-    record_verdicts([ROW], chapter="03_lenet5_pytorch", source="s", section="s", folder=tmp_path, book=book,
-                    profile="smoke")
+    record_verdicts(
+        [ROW], chapter="03_lenet5_pytorch", source="s", section="s", folder=tmp_path, book=book, profile="smoke"
+    )
     (book / "book" / "03_lenet5_pytorch.md").write_text("# LeNet-5, edited\n")
     rows, notes = collect_verdicts(["03_lenet5_pytorch"], folder=tmp_path, book=book, profile="smoke")
     assert rows[0]["status"] == "stale" and "stale" in notes[0]
@@ -79,24 +113,28 @@ def test_outside_a_checkout_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.delenv("BNLIB_VERDICTS_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     assert book_root() is None and verdict_folder() is None
-    assert record_verdicts([ROW], chapter="03_x", source="s", section="s", profile="smoke") is None
+    record_verdicts([ROW], chapter="03_x", source="s", section="s", profile="smoke")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_environment_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("BNLIB_VERDICTS_DIR", str(tmp_path / "v"))
-    path = record_verdicts([ROW], chapter="03_x", source="s", section="s", book=None, profile="smoke")
-    assert path == tmp_path / "v" / "03_x.json" and set(json.loads(path.read_text())["rows"][0]) == set(FIELDS)
+    record_verdicts([ROW], chapter="03_x", source="s", section="s", book=None, profile="smoke")
+    path = tmp_path / "v" / "03_x.json"
+    assert verdict_folder() == tmp_path / "v" and set(json.loads(path.read_text())["rows"][0]) == set(FIELDS)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    (dict(table=[ROW], chapter="book/03_x.md"), ValueError, "without folder or suffix"),
-    (dict(table=[ROW], chapter=""), ValueError, "without folder or suffix"),
-    (dict(table=[{"claim": "c"}], chapter="03_x"), ValueError, "needs a 'claim' and a 'verdict'"),
-    (dict(table="holds", chapter="03_x"), TypeError, "DataFrame or a list of dicts"),
-    (dict(table=[ROW], chapter="03_x", source=None), ValueError, "no source for the claim"),
-    (dict(table=[ROW], chapter="03_x", section=""), ValueError, "section must be the anchor"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(table=[ROW], chapter="book/03_x.md"), ValueError, "without folder or suffix"),
+        (dict(table=[ROW], chapter=""), ValueError, "without folder or suffix"),
+        (dict(table=[{"claim": "c"}], chapter="03_x"), ValueError, "needs a 'claim' and a 'verdict'"),
+        (dict(table="holds", chapter="03_x"), TypeError, "DataFrame or a list of dicts"),
+        (dict(table=[ROW], chapter="03_x", source=None), ValueError, "no source for the claim"),
+        (dict(table=[ROW], chapter="03_x", section=""), ValueError, "section must be the anchor"),
+    ],
+)
 def test_bad_input_is_refused_clearly(tmp_path, kwargs, error, message):
     arguments = {"source": "s", "section": "s", "folder": tmp_path, "book": None, "profile": "smoke"} | kwargs
     with pytest.raises(error, match=message):
