@@ -410,6 +410,7 @@ CHAPTERS: tuple[str, ...] = (
     "05_variants",
     "06_why_bn_works",
     "07_practice",
+    "08_claims",
 )
 
 # Measured wall-clock seconds of each chapter, per run profile and kind of runtime: "cpu" is a 2-core CPU
@@ -417,23 +418,34 @@ CHAPTERS: tuple[str, ...] = (
 # Each value must come from a run of the chapter as it is now (the Stopwatch total, or the time of the
 # whole notebook), with MEASURED_HOW saying which run; a changed chapter or profile makes its value stale.
 MEASURED_SECONDS: dict[tuple[str, str], dict[str, float | None]] = {
-    ("smoke", "cpu"): {  # jupyter-book's "Executed notebook in N seconds", `make site`, 2026-12-02
-        "01_normalization": 43.0,
-        "02_batch_norm": 151.0,
-        "03_lenet5_pytorch": 155.0,
-        "04_keras_cnns": 104.0,
-        "05_variants": 61.0,
-        "06_why_bn_works": 64.0,
-        "07_practice": 204.0,
+    ("smoke", "cpu"): {  # scripts/run_chapter.py, whole notebook, 2026-12-02, one chapter at a time
+        "01_normalization": 14.2,
+        "02_batch_norm": 23.0,
+        "03_lenet5_pytorch": 16.1,
+        "04_keras_cnns": 39.1,
+        "05_variants": 22.0,
+        "06_why_bn_works": 19.0,
+        "07_practice": 19.0,
+        "08_claims": 4.7,
     },
     ("quick", "cpu"): dict.fromkeys(CHAPTERS),
-    ("full", "cpu"): dict.fromkeys(CHAPTERS),
+    ("full", "cpu"): {  # scripts/run_chapter.py, whole notebook, 2026-12-02, one chapter at a time (README)
+        "01_normalization": 40.1,
+        "02_batch_norm": 737.6,
+        "03_lenet5_pytorch": 2446.8,
+        "04_keras_cnns": None,
+        "05_variants": None,
+        "06_why_bn_works": None,
+        "07_practice": 269.3,
+        "08_claims": None,
+    },
     ("smoke", "gpu"): dict.fromkeys(CHAPTERS),
     ("quick", "gpu"): dict.fromkeys(CHAPTERS),
     ("full", "gpu"): dict.fromkeys(CHAPTERS),
 }
 MEASURED_HOW: dict[tuple[str, str], str] = {
-    ("smoke", "cpu"): "whole notebook, measured on 2 cores shared with other jobs: an upper bound",
+    ("smoke", "cpu"): "whole notebook, one chapter at a time on an otherwise idle machine",
+    ("full", "cpu"): "whole notebook, one chapter at a time on an otherwise idle machine",
 }
 
 

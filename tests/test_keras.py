@@ -688,11 +688,20 @@ def ctrl_c_at(step: int):
     return build
 
 
-def test_ctrl_c_stops_fit_after_the_step_and_keeps_the_history(tiny):
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background (nohup, `cmd &`) ignores SIGINT."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_fit_after_the_step_and_keeps_the_history(tiny, default_sigint):
     import signal
 
     train, _ = tiny  # 4 steps per epoch; Ctrl-C during step 6 = epoch 2, step 2, which still completes
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(bk.TrainingInterrupted, match="in epoch 2 after 2 step") as caught:
         bk.fit(ctrl_c_at(6), train, epochs=3, batch_size=16, seed=0, progress=False, run_eagerly=True)
     assert bk.TrainingInterrupted is bnlib.training.TrainingInterrupted
