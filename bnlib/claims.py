@@ -69,6 +69,20 @@ def chapter_digest(chapter: str, book: str | os.PathLike | None) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def _root(book: Any) -> Path | None:
+    """``book`` as a checkout: "find" searches from the working directory, None means none."""
+    if isinstance(book, str) and book == "find":
+        return book_root()
+    return None if book is None else Path(book)
+
+
+def _profile(profile: Any) -> Any:
+    """A RunProfile as given, or the one ``bnlib.run_profile`` names (None: the environment's)."""
+    from bnlib.config import run_profile
+
+    return profile if hasattr(profile, "name") else run_profile(profile)
+
+
 def _check_chapter(chapter: Any) -> str:
     if not isinstance(chapter, str) or not chapter or "/" in chapter or chapter.endswith((".md", ".ipynb")):
         raise ValueError(
@@ -161,19 +175,17 @@ def record_verdicts(
     Raises:
         ValueError, TypeError: for a malformed table, chapter or source.
     """
-    from bnlib.config import run_profile
-
     chapter = _check_chapter(chapter)
     if not isinstance(section, str) or not section:
         raise ValueError(
             f"section must be the anchor of the section judging the claims, e.g. 'verdicts'; got {section!r}"
         )
     rows = [_normalize(row, source, section) for row in _records(table)]
-    root = book_root() if isinstance(book, str) and book == "find" else (None if book is None else Path(book))
+    root = _root(book)
     target = Path(folder) if folder is not None else verdict_folder(root)
     if target is None:
         return
-    prof = run_profile(profile) if not hasattr(profile, "name") else profile
+    prof = _profile(profile)
     payload = {
         "format": FORMAT,
         "chapter": chapter,
@@ -210,10 +222,8 @@ def collect_verdicts(
     ``"stale"`` (the chapter's source changed since). Rows that are not current are still returned,
     marked, and a note says why; a chapter with no file (or an unreadable one) gives a note and no rows.
     """
-    from bnlib.config import run_profile
-
-    wanted = run_profile(profile).name if not hasattr(profile, "name") else profile.name
-    root = book_root() if isinstance(book, str) and book == "find" else (None if book is None else Path(book))
+    wanted = _profile(profile).name
+    root = _root(book)
     where = Path(folder) if folder is not None else verdict_folder(root)
     rows: list[dict] = []
     notes: list[str] = []
