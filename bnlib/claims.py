@@ -29,10 +29,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from bnlib._files import write_atomically
 
 __all__ = ["record_verdicts", "collect_verdicts", "verdict_folder", "book_root", "chapter_digest"]
 
@@ -200,16 +201,8 @@ def record_verdicts(
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
     }
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / f"{chapter}.json"
-    handle, temporary = tempfile.mkstemp(dir=target, prefix=f".{chapter}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    text = json.dumps(payload, indent=1).encode()
+    write_atomically(target / f"{chapter}.json", lambda file: file.write(text), prefix=f".{chapter}.")
 
 
 def collect_verdicts(

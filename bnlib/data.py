@@ -27,7 +27,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from bnlib._files import write_atomically
 
 __all__ = ["MNIST", "load_mnist", "data_dir", "MNIST_SHA256"]
 
@@ -362,23 +363,12 @@ def _remove_stale_temporary_files(folder: Path) -> list[Path]:
 
 
 def _save_atomically(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """Write ``arrays`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+    """Write ``arrays`` to ``path`` as ``.npz`` through :func:`bnlib._files.write_atomically`.
 
-    A reader sees the old file or the new one, never half of one. The file is
-    created with mode 0o666 minus the umask (as ``open`` does), so others can
-    read a shared cache when the umask allows it; ``tempfile.mkstemp`` would
-    make it 0o600.
+    A reader sees the old file or the new one, never half of one; the file is
+    readable by others as the umask allows (mode 0o666 minus the umask).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}.tmp"
-    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        tmp.replace(path)  # os.replace: atomic within one folder
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: np.savez(file, **arrays), prefix=_TMP_PREFIX)
 
 
 def load_mnist(*, cache: bool = True) -> MNIST:

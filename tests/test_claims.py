@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
@@ -60,6 +62,32 @@ def test_rows_round_trip_with_source_section_and_digest(book, tmp_path):
             "status": "current",
         }
     ]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_verdict_file_is_readable_as_the_umask_allows(tmp_path, umask):
+    """Written through bnlib._files.write_atomically, as the MNIST cache is: not mkstemp's 0o600."""
+    previous = os.umask(umask)
+    try:
+        record_verdicts(pd.DataFrame([ROW]), chapter="01_x", source="s", section="v", folder=tmp_path, book=None)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "01_x.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["01_x.json"]  # no temporary file left
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    record_verdicts(pd.DataFrame([ROW]), chapter="01_x", source="s", section="v", folder=tmp_path, book=None)
+    before = (tmp_path / "01_x.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("bnlib.claims.json.dumps", broken)
+    with pytest.raises(OSError, match="disk full"):
+        record_verdicts(pd.DataFrame([ROW]), chapter="01_x", source="s", section="v", folder=tmp_path, book=None)
+    assert (tmp_path / "01_x.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["01_x.json"]
 
 
 def test_a_source_column_or_function_names_who_makes_each_claim(tmp_path):
