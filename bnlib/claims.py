@@ -1,10 +1,15 @@
 """Every chapter's verdicts, recorded beside the build and collected on one page.
 
 Each chapter ends with a table of the claims it judged. ``record_verdicts`` writes that table,
-with the run profile and a digest of the chapter's source, to ``<verdict folder>/<chapter>.json``;
+with the run profile and a digest of the chapter's code, to ``<verdict folder>/<chapter>.json``;
 the closing page "The claims, judged" calls ``collect_verdicts``, which reads every chapter's rows
-back and says, for each chapter, whether its rows are missing, were computed in another profile,
-or are stale (the chapter's source changed since they were written). Nothing is shown silently.
+back and says, for each chapter, whether its rows are missing, were computed in another profile
+(another name or other sizes), or are stale (the chapter's code changed since they were written).
+Nothing is shown silently.
+
+The digest covers the chapter's code cells only, as jupyter-cache's does: an edit to the prose,
+a caption or a cell's options changes no number, so it leaves the rows current (and a cached
+build, which does not re-run such a chapter, does not leave them stale forever).
 
 The verdict folder is ``$BNLIB_VERDICTS_DIR`` if set, else ``_build/verdicts`` in the book
 checkout found from the working directory upwards (a folder holding ``_toc.yml`` and ``book/``),
@@ -27,18 +32,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bnlib._files import write_atomically
+from bnlib.experiments import WORDS
 
-__all__ = ["record_verdicts", "collect_verdicts", "verdict_folder", "book_root", "chapter_digest"]
+__all__ = ["record_verdicts", "collect_verdicts", "verdict_folder", "book_root", "chapter_digest", "code_cells"]
 
-#: Format of the files; a file of another format is reported, not read.
-FORMAT = 1
+#: Format of the files; a file of another format is reported, not read. Format 1 digested the whole
+#: ``.md`` file; format 2 digests its code cells only.
+FORMAT = 2
+#: The verdicts a row may carry: the judging words, and the one for a claim about the full setting.
+NOT_CHECKED = "not checked in this profile"
+VERDICTS = (*WORDS, NOT_CHECKED)
 #: The fields of one recorded row.
 FIELDS = ("source", "claim", "measured", "verdict", "detectable", "why", "section")
 _MEASURED = ("measured", "difference")  # a chapter's measured column starts with one of these
@@ -62,19 +72,70 @@ def verdict_folder(book: str | os.PathLike | None = None) -> Path | None:
     return None if root is None else root / "_build" / "verdicts"
 
 
+_FENCE = re.compile(r"^(`{3,})\{code-cell\}")
+
+
+def code_cells(text: str) -> list[str]:
+    r"""The sources of the code cells of a MyST notebook (jupytext's ``md:myst``), options left out.
+
+    A cell's options are either ``:key: value`` lines, ended by a blank line, or a YAML block
+    between ``---`` lines; what follows, up to the closing fence, is the source.
+
+    Example:
+        >>> code_cells("text\n```{code-cell} ipython3\n:tags: [hide-input]\n\nx = 1\n```\nmore text\n")
+        ['x = 1']
+    """
+    cells, lines, index = [], text.splitlines(), 0
+    while index < len(lines):
+        opening = _FENCE.match(lines[index])
+        index += 1
+        if not opening:
+            continue
+        fence, body = opening.group(1), []
+        while index < len(lines) and lines[index].rstrip() != fence:
+            body.append(lines[index])
+            index += 1
+        index += 1  # the closing fence
+        if body and body[0].strip() == "---":  # a YAML block of options
+            end = next((i for i in range(1, len(body)) if body[i].strip() == "---"), 0)
+            body = body[end + 1 :]
+        elif body and body[0].startswith(":"):  # `:key: value` options, then a blank line
+            end = next((i for i, line in enumerate(body) if not line.strip()), len(body))
+            body = body[end + 1 :]
+        cells.append("\n".join(body))
+    return cells
+
+
 def chapter_digest(chapter: str, book: str | os.PathLike | None) -> str | None:
-    """sha256 of ``book/<chapter>.md`` in the checkout ``book``; None when there is no such file."""
+    """sha256 of the code cells of ``book/<chapter>.md`` in the checkout ``book``; None without the file.
+
+    Only the code counts (:func:`code_cells`): the rows a chapter records are computed by its code,
+    so a change to its prose leaves them current.
+    """
     if book is None:
         return None
     path = Path(book) / "book" / f"{chapter}.md"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    if not path.is_file():
+        return None
+    joined = "\n\0\n".join(code_cells(path.read_text(encoding="utf-8")))
+    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 def _root(book: Any) -> Path | None:
     """``book`` as a checkout: "find" searches from the working directory, None means none."""
     if isinstance(book, str) and book == "find":
         return book_root()
+    if book is not None and not isinstance(book, (str, os.PathLike)):
+        raise TypeError(f"book must be a checkout's path, 'find' or None; got {type(book).__name__} {book!r}")
     return None if book is None else Path(book)
+
+
+def _folder(folder: Any) -> Path | None:
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(
+            f"folder must be a path (str or os.PathLike) or None for the default; got {type(folder).__name__} {folder!r}"
+        )
+    return None if folder is None else Path(folder)
 
 
 def _profile(profile: Any) -> Any:
@@ -84,8 +145,19 @@ def _profile(profile: Any) -> Any:
     return profile if hasattr(profile, "name") else run_profile(profile)
 
 
+def _sizes(profile: Any) -> dict:
+    """What a profile computes, as recorded: two profiles of one name but other sizes differ."""
+    return {
+        "train_size": profile.train_size,
+        "test_size": profile.test_size,
+        "seeds": list(profile.seeds),
+        "max_epochs": profile.max_epochs,
+    }
+
+
 def _check_chapter(chapter: Any) -> str:
-    if not isinstance(chapter, str) or not chapter or "/" in chapter or chapter.endswith((".md", ".ipynb")):
+    bad = not isinstance(chapter, str) or not chapter or "/" in chapter or chapter.endswith((".md", ".ipynb"))
+    if bad or any(character.isspace() for character in chapter):
         raise ValueError(
             f"chapter must be a chapter's file name without folder or suffix, e.g. '03_lenet5_pytorch'; got {chapter!r}"
         )
@@ -99,8 +171,10 @@ def _records(table: Any) -> list[dict]:
         return [dict(row) for row in frame.to_dict(orient="records")]
     if isinstance(table, Iterable) and not isinstance(table, (str, bytes, dict)):
         rows = list(table)
-        if all(isinstance(row, dict) for row in rows):
-            return [dict(row) for row in rows]
+        for number, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise TypeError(f"table row {number} must be a dict (one claim); got {type(row).__name__} {row!r}")
+        return [dict(row) for row in rows]
     raise TypeError(f"table must be a pandas DataFrame or a list of dicts, one per claim; got {type(table).__name__}")
 
 
@@ -112,7 +186,16 @@ def _pick(row: dict, prefixes: Sequence[str]) -> Any:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    """A cell as text; a missing one (None, NaN of any float type, pd.NA, NaT) as ""."""
+    if value is None:
+        return ""
+    try:
+        missing = bool(value != value)  # noqa: PLR0124 (true for every NaN; pd.NA refuses bool())
+    except TypeError:
+        missing = True
+    except ValueError:  # an array: not a missing value
+        missing = False
+    return "" if missing else str(value)
 
 
 def _normalize(row: dict, source: Any, section: str) -> dict:
@@ -132,6 +215,13 @@ def _normalize(row: dict, source: Any, section: str) -> dict:
         raise ValueError(
             f"no source for the claim {row['claim']!r}: give the table a 'source' column or pass "
             f"source='...' (a string, or a function of the claim)"
+        )
+    if not _text(row["claim"]):
+        raise ValueError(f"a verdict row has an empty claim: {row!r}; every row must say what was claimed")
+    if _text(row["verdict"]) not in VERDICTS:
+        raise ValueError(
+            f"the claim {_text(row['claim'])!r} has the verdict {row['verdict']!r}; expected one of {list(VERDICTS)} "
+            f"(compute it with bnlib.experiments.judge or claim_verdict)"
         )
     return {
         "source": who,
@@ -159,7 +249,8 @@ def record_verdicts(
     Args:
         table: the chapter's verdict table, a DataFrame or a list of dicts with at least ``claim``
             and ``verdict``; the measured column is the first whose name starts with "measured" or
-            "difference", the detectable one the first starting with "detectable"; an optional
+            "difference", the detectable one the first starting with "detectable" or "smallest
+            detectable"; the verdict must be one of :data:`VERDICTS`; an optional
             ``source`` column names who makes each claim, an optional ``section`` its anchor.
         chapter: the chapter's file name without suffix, e.g. ``"03_lenet5_pytorch"``.
         source: who makes the claims, for rows without a ``source`` column: a string, or a
@@ -174,7 +265,8 @@ def record_verdicts(
     checkout). Returns None, so that a chapter cell ending with the call displays nothing.
 
     Raises:
-        ValueError, TypeError: for a malformed table, chapter or source.
+        ValueError, TypeError: for a malformed table (no rows, a row without a claim, a verdict that
+            is not one of :data:`VERDICTS`), chapter, source, folder, book or profile.
     """
     chapter = _check_chapter(chapter)
     if not isinstance(section, str) or not section:
@@ -182,21 +274,19 @@ def record_verdicts(
             f"section must be the anchor of the section judging the claims, e.g. 'verdicts'; got {section!r}"
         )
     rows = [_normalize(row, source, section) for row in _records(table)]
+    if not rows:
+        raise ValueError(f"the verdict table of {chapter} has no rows: a chapter records the claims it judged")
+    prof = _profile(profile)
     root = _root(book)
-    target = Path(folder) if folder is not None else verdict_folder(root)
+    given = _folder(folder)
+    target = given if given is not None else verdict_folder(root)
     if target is None:
         return
-    prof = _profile(profile)
     payload = {
         "format": FORMAT,
         "chapter": chapter,
         "profile": prof.name,
-        "sizes": {
-            "train_size": prof.train_size,
-            "test_size": prof.test_size,
-            "seeds": list(prof.seeds),
-            "max_epochs": prof.max_epochs,
-        },
+        "sizes": _sizes(prof),
         "digest": chapter_digest(chapter, root),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
@@ -211,13 +301,21 @@ def collect_verdicts(
     """Every chapter's recorded rows, and a note for each chapter whose rows cannot be shown as current.
 
     Each returned row has the fields of ``FIELDS`` plus ``chapter``, ``profile`` and ``status``:
-    ``"current"``, ``"other profile"`` (computed in another run profile than ``profile``) or
-    ``"stale"`` (the chapter's source changed since). Rows that are not current are still returned,
-    marked, and a note says why; a chapter with no file (or an unreadable one) gives a note and no rows.
+    ``"current"``, ``"other profile"`` (computed in another run profile than ``profile``: another
+    name, or the same name with other sizes) or ``"stale"`` (the chapter's code changed since).
+    Rows that are not current are still returned, marked, and a note says why; a chapter with no
+    file (or an unreadable one) gives a note and no rows.
     """
-    wanted = _profile(profile).name
+    if isinstance(chapters, (str, bytes)) or not isinstance(chapters, Iterable):
+        raise TypeError(
+            f"chapters must be a list of chapter names, e.g. ['03_lenet5_pytorch']; got {type(chapters).__name__} "
+            f"{chapters!r}"
+        )
+    prof = _profile(profile)
+    wanted, sizes = prof.name, _sizes(prof)
     root = _root(book)
-    where = Path(folder) if folder is not None else verdict_folder(root)
+    given = _folder(folder)
+    where = given if given is not None else verdict_folder(root)
     rows: list[dict] = []
     notes: list[str] = []
     for chapter in (_check_chapter(c) for c in chapters):
@@ -235,8 +333,14 @@ def collect_verdicts(
         try:
             payload = json.loads(path.read_text())
             if payload.get("format") != FORMAT or payload.get("chapter") != chapter:
-                raise ValueError(f"format {payload.get('format')!r}, chapter {payload.get('chapter')!r}")
+                raise ValueError(
+                    f"format {payload.get('format')!r} for chapter {payload.get('chapter')!r}; this bnlib reads "
+                    f"format {FORMAT} for chapter {chapter!r}: re-run the chapter"
+                )
             recorded = [{key: _text(r.get(key)) for key in FIELDS} for r in payload["rows"]]
+            unknown = sorted({r["verdict"] for r in recorded} - set(VERDICTS))
+            if unknown:
+                raise ValueError(f"verdicts {unknown} are not among {list(VERDICTS)}")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             notes.append(f"{chapter}: its verdict file {path} could not be read ({error}); no rows shown")
             continue
@@ -246,6 +350,12 @@ def collect_verdicts(
             notes.append(
                 f"{chapter}: its rows were computed in the {payload.get('profile')!r} profile "
                 f"({payload.get('written')}), not in this build's {wanted!r}"
+            )
+        elif payload.get("sizes") != sizes:
+            status = "other profile"
+            notes.append(
+                f"{chapter}: its rows were computed in a {wanted!r} profile of other sizes "
+                f"({payload.get('sizes')}, written {payload.get('written')}), not this build's {sizes}"
             )
         else:
             now = chapter_digest(chapter, root)

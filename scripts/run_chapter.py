@@ -26,7 +26,7 @@ def run(chapter: str, out: Path) -> dict:
     """Execute one chapter, write its executed notebook to OUT and append its time to OUT/times.jsonl."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     import bnlib
 
@@ -45,12 +45,15 @@ def run(chapter: str, out: Path) -> dict:
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_before": os.getloadavg(),
     }
+    # A failed run must not leave an earlier run's rows behind, looking current.
+    (Path(os.environ["BNLIB_VERDICTS_DIR"]) / f"{chapter}.json").unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         client.execute()
         record["finished"], record["error"] = True, None
-    except CellExecutionError as error:
-        record["finished"], record["error"] = False, str(error).splitlines()[-1][:500] if str(error) else repr(error)
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:  # recorded; the next chapter runs
+        text = str(error)
+        record["finished"], record["error"] = False, text.splitlines()[-1][:500] if text else repr(error)
     record["seconds"] = round(time.perf_counter() - start, 1)
     record["load_after"] = os.getloadavg()
     nbformat.write(notebook, out / f"{chapter}.ipynb")

@@ -5,7 +5,9 @@ only pages whose source changed, and jupyter-cache re-executes only notebooks wh
 unchanged claims page would keep the table of an earlier build after a chapter was re-run. This marks the
 page outdated on every build; its notebook metadata (``mystnb: execution_mode: force``) makes MyST-NB
 execute it every time it is read. It is read after the chapters: Sphinx reads pages in sorted order, and
-``book/08_claims`` sorts after ``book/01`` to ``book/07``.
+``book/08_claims`` sorts after ``book/01`` to ``book/07``. That order holds only when pages are read
+one after another, so the extension declares itself unsafe for parallel reading: with ``-j``, Sphinx
+says so and reads serially.
 """
 
 from __future__ import annotations
@@ -22,4 +24,5 @@ def _always_reread(app, env, added, changed, removed) -> list[str]:
 
 def setup(app) -> dict:
     app.connect("env-get-outdated", _always_reread)
-    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # Not parallel_read_safe: the page must be read after the chapters, which only a serial read ensures.
+    return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}
