@@ -264,6 +264,9 @@ def record_verdicts(
     Writes ``<folder>/<chapter>.json``, or nothing when there is no verdict folder (a run outside a
     checkout). Returns None, so that a chapter cell ending with the call displays nothing.
 
+    The digest is taken when the rows are written, at the end of the chapter's run: a chapter whose
+    code is edited while it runs gets the edited code's digest. Do not edit a chapter while it runs.
+
     Raises:
         ValueError, TypeError: for a malformed table (no rows, a row without a claim, a verdict that
             is not one of :data:`VERDICTS`), chapter, source, folder, book or profile.
