@@ -43,9 +43,10 @@ from bnlib.experiments import WORDS
 
 __all__ = ["record_verdicts", "collect_verdicts", "verdict_folder", "book_root", "chapter_digest", "code_cells"]
 
-#: Format of the files; a file of another format is reported, not read. Format 1 digested the whole
-#: ``.md`` file; format 2 digests its code cells only.
+#: Format of the files written. Format 1 (bnlib before code-cell digests) digested the whole ``.md``
+#: file; such files are still read, and judged stale by that digest. Any other format is reported, not read.
 FORMAT = 2
+_READ = (1, FORMAT)
 #: The verdicts a row may carry: the judging words, and the one for a claim about the full setting.
 NOT_CHECKED = "not checked in this profile"
 VERDICTS = (*WORDS, NOT_CHECKED)
@@ -119,6 +120,12 @@ def chapter_digest(chapter: str, book: str | os.PathLike | None) -> str | None:
         return None
     joined = "\n\0\n".join(code_cells(path.read_text(encoding="utf-8")))
     return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _file_digest(chapter: str, book: Path | None) -> str | None:
+    """sha256 of the whole ``book/<chapter>.md``: the digest of format-1 files."""
+    path = None if book is None else Path(book) / "book" / f"{chapter}.md"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
 
 
 def _root(book: Any) -> Path | None:
@@ -335,10 +342,10 @@ def collect_verdicts(
             continue
         try:
             payload = json.loads(path.read_text())
-            if payload.get("format") != FORMAT or payload.get("chapter") != chapter:
+            if payload.get("format") not in _READ or payload.get("chapter") != chapter:
                 raise ValueError(
                     f"format {payload.get('format')!r} for chapter {payload.get('chapter')!r}; this bnlib reads "
-                    f"format {FORMAT} for chapter {chapter!r}: re-run the chapter"
+                    f"formats {list(_READ)} for chapter {chapter!r}: re-run the chapter"
                 )
             recorded = [{key: _text(r.get(key)) for key in FIELDS} for r in payload["rows"]]
             unknown = sorted({r["verdict"] for r in recorded} - set(VERDICTS))
@@ -361,12 +368,13 @@ def collect_verdicts(
                 f"({payload.get('sizes')}, written {payload.get('written')}), not this build's {sizes}"
             )
         else:
-            now = chapter_digest(chapter, root)
+            legacy = payload.get("format") == 1  # its digest covers the whole file, prose included
+            now = _file_digest(chapter, root) if legacy else chapter_digest(chapter, root)
             if now is not None and payload.get("digest") not in (None, now):
                 status = "stale"
                 notes.append(
-                    f"{chapter}: its rows are stale: the chapter's source changed after they were "
-                    f"written ({payload.get('written')})"
+                    f"{chapter}: its rows are stale: the chapter's {'file' if legacy else 'code'} changed after "
+                    f"they were written ({payload.get('written')})"
                 )
         rows += [r | {"chapter": chapter, "profile": payload.get("profile"), "status": status} for r in recorded]
     return rows, notes

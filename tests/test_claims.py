@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -177,12 +178,28 @@ def test_rows_of_a_profile_with_the_same_name_but_other_sizes_are_marked(tmp_pat
     assert rows[0]["status"] == "other profile" and "other sizes" in notes[0]
 
 
-def test_a_file_of_the_older_format_is_reported_not_shown(tmp_path):
+def test_a_file_of_an_unknown_format_is_reported_not_shown(tmp_path):
     record_verdicts([ROW], chapter="03_x", source="s", section="s", folder=tmp_path, book=None, profile="smoke")
     path = tmp_path / "03_x.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | {"format": 1}))
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"format": 3}))
     rows, notes = collect_verdicts(["03_x"], folder=tmp_path, book=None, profile="smoke")
-    assert rows == [] and "format 1" in notes[0]
+    assert rows == [] and "format 3" in notes[0]
+
+
+def test_a_format_1_file_is_judged_by_its_whole_file_digest(book, tmp_path):
+    """Format 1 digested the whole .md: current while the file is unchanged, stale after any edit."""
+    chapter = book / "book" / "03_lenet5_pytorch.md"
+    record_verdicts(
+        [ROW], chapter="03_lenet5_pytorch", source="s", section="s", folder=tmp_path, book=book, profile="smoke"
+    )
+    path = tmp_path / "03_lenet5_pytorch.json"
+    old = json.loads(path.read_text()) | {"format": 1, "digest": hashlib.sha256(chapter.read_bytes()).hexdigest()}
+    path.write_text(json.dumps(old))
+    rows, notes = collect_verdicts(["03_lenet5_pytorch"], folder=tmp_path, book=book, profile="smoke")
+    assert rows[0]["status"] == "current" and notes == []
+    chapter.write_text(CHAPTER.replace("Some prose.", "Other prose."))
+    rows, notes = collect_verdicts(["03_lenet5_pytorch"], folder=tmp_path, book=book, profile="smoke")
+    assert rows[0]["status"] == "stale" and "file changed" in notes[0]
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), np.float32("nan"), pd.NA, pd.NaT])
