@@ -7,11 +7,24 @@ Used by the MNIST cache (:mod:`bnlib.data`) and the chapters' verdict files
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+
+def temporary_pattern(prefix: str) -> re.Pattern[str]:
+    """The names :func:`write_atomically` gives its temporary files for ``prefix``, with groups ``host`` and ``pid``.
+
+    A clean-up of files left by killed writes matches against this, so the two never disagree on the name.
+
+    Example:
+        >>> temporary_pattern(".out-").match(".out-box-42-0123456789abcdef.tmp")["pid"]
+        '42'
+    """
+    return re.compile(rf"^{re.escape(prefix)}(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{{16}}\.tmp$")
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, prefix: str) -> None:

@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import pickle
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bnlib._files import write_atomically
+from bnlib._files import temporary_pattern, write_atomically
 
 __all__ = ["MNIST", "load_mnist", "data_dir", "MNIST_SHA256"]
 
@@ -316,7 +315,7 @@ _SOURCES: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = [
 #: Temporary cache files are ``.mnist-<host>-<pid>-<random>.tmp`` beside the cache, so that a
 #: write killed half-way (SIGKILL, power loss) leaves a name that says who wrote it.
 _TMP_PREFIX = ".mnist-"
-_TMP_NAME = re.compile(r"^\.mnist-(?P<host>.*)-(?P<pid>\d+)-[0-9a-f]{16}\.tmp$")
+_TMP_NAME = temporary_pattern(_TMP_PREFIX)  # the names write_atomically gives its temporary files
 #: A temporary file nobody has written to for this long is an orphan whoever wrote it
 #: (another machine sharing the folder, or an older bnlib's ``.mnist-*.npz`` names).
 _STALE_AFTER_SECONDS = 15 * 60
