@@ -113,19 +113,23 @@ def chapter_digest(chapter: str, book: str | os.PathLike | None) -> str | None:
     Only the code counts (:func:`code_cells`): the rows a chapter records are computed by its code,
     so a change to its prose leaves them current.
     """
-    if book is None:
-        return None
-    path = Path(book) / "book" / f"{chapter}.md"
-    if not path.is_file():
+    path = _chapter_file(chapter, book)
+    if path is None:
         return None
     joined = "\n\0\n".join(code_cells(path.read_text(encoding="utf-8")))
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
+def _chapter_file(chapter: str, book: str | os.PathLike | None) -> Path | None:
+    """``book/<chapter>.md`` in the checkout ``book``, or None without a checkout or without the file."""
+    path = None if book is None else Path(book) / "book" / f"{chapter}.md"
+    return path if path is not None and path.is_file() else None
+
+
 def _file_digest(chapter: str, book: Path | None) -> str | None:
     """sha256 of the whole ``book/<chapter>.md``: the digest of format-1 files."""
-    path = None if book is None else Path(book) / "book" / f"{chapter}.md"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+    path = _chapter_file(chapter, book)
+    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _root(book: Any) -> Path | None:
@@ -137,12 +141,13 @@ def _root(book: Any) -> Path | None:
     return None if book is None else Path(book)
 
 
-def _folder(folder: Any) -> Path | None:
+def _folder(folder: Any, root: Path | None) -> Path | None:
+    """``folder`` as a path; None means the default, :func:`verdict_folder` of the checkout ``root``."""
     if folder is not None and not isinstance(folder, (str, os.PathLike)):
         raise TypeError(
             f"folder must be a path (str or os.PathLike) or None for the default; got {type(folder).__name__} {folder!r}"
         )
-    return None if folder is None else Path(folder)
+    return verdict_folder(root) if folder is None else Path(folder)
 
 
 def _profile(profile: Any) -> Any:
@@ -288,8 +293,7 @@ def record_verdicts(
         raise ValueError(f"the verdict table of {chapter} has no rows: a chapter records the claims it judged")
     prof = _profile(profile)
     root = _root(book)
-    given = _folder(folder)
-    target = given if given is not None else verdict_folder(root)
+    target = _folder(folder, root)
     if target is None:
         return
     payload = {
@@ -324,8 +328,7 @@ def collect_verdicts(
     prof = _profile(profile)
     wanted, sizes = prof.name, _sizes(prof)
     root = _root(book)
-    given = _folder(folder)
-    where = given if given is not None else verdict_folder(root)
+    where = _folder(folder, root)
     rows: list[dict] = []
     notes: list[str] = []
     for chapter in (_check_chapter(c) for c in chapters):
